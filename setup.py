@@ -1,0 +1,34 @@
+"""
+Packaging for wsglue.  ``pip install .`` gives ``twistd wsglue`` from any
+directory: the plugin goes to twisted/plugins (without an __init__.py, which
+would shadow Twisted's own) and the page ships as wsglue.static.
+"""
+
+from setuptools import setup
+
+setup(
+    name="wsglue",
+    version="0.1.0",
+    description="A session-aware WebSocket gateway for real-time data streaming apps.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["wsglue", "wsglue.examples", "wsglue.static", "twisted.plugins"],
+    package_dir={"wsglue.static": "static"},
+    package_data={"wsglue.static": ["*.html", "scripts/*.js"]},
+    include_package_data=False,
+    zip_safe=False,
+    install_requires=[
+        "Twisted[tls]>=23.10.0",
+        "autobahn>=23.1.2",
+        "service-identity>=21.1.0",
+    ],
+    extras_require={
+        "test": [
+            "treq>=23.11.0",
+            "hypothesis>=6.80",
+            "playwright>=1.40",
+            "cryptography>=41.0",
+        ],
+    },
+)

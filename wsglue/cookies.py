@@ -1,0 +1,147 @@
+"""
+Session cookies: reading the session id out of a C{Cookie} header and issuing
+new ones.
+
+The L{SessionCookies} store is owned by the WebSocket factory; protocols only
+call it (the shape of Crossbar.io's cookie store).  Ids are 20 random bytes
+from the OS CSPRNG, as 40 lowercase hex characters.  With signing keys the
+cookie value is C{<id>.<HMAC-SHA256 of the id, hex>}: the first key signs,
+every key verifies, so keys can be rotated without logging anyone out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from http.cookies import CookieError, SimpleCookie
+from typing import Optional, Sequence, Tuple
+
+_ID = re.compile(r"[0-9a-f]{40}\Z")
+_SIGNATURE_HEX = 64
+
+# A real cookie value is at most 40 + 1 + 64 characters; anything much larger
+# is hostile or broken and is not worth parsing.
+MAX_COOKIE_HEADER = 8192
+
+
+def newSessionId() -> str:
+    """
+    A fresh session id: 20 bytes from the OS CSPRNG, as lowercase hex.
+    """
+    return secrets.token_hex(20)
+
+
+def shortId(sid: str) -> str:
+    """
+    What logs may show of a session id (it is a bearer secret).
+    """
+    return sid[:8]
+
+
+def _cookieValues(header: str, name: str) -> list:
+    """
+    The values of cookie C{name} in a C{Cookie} header, parsed by
+    L{SimpleCookie}.
+
+    L{SimpleCookie} stops at the first pair it cannot parse, so a header it
+    does not take whole is read again pair by pair: one broken cookie of
+    another application must not hide ours.
+    """
+    jar = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        pass
+    if name in jar:
+        return [jar[name].value]
+    values = []
+    for pair in header.split(";"):
+        if name not in pair:
+            continue
+        one = SimpleCookie()
+        try:
+            one.load(pair.strip())
+        except CookieError:
+            continue
+        if name in one:
+            values.append(one[name].value)
+    return values
+
+
+class SessionCookies:
+    """
+    Parse and issue the session cookie.
+
+    @ivar name: the cookie's name.
+    """
+
+    def __init__(self, name: str = "CookieName", keys: Sequence[bytes] = ()) -> None:
+        self.name = name
+        self._keys = list(keys)
+
+    @property
+    def signed(self) -> bool:
+        """
+        Whether cookie values carry a signature.
+        """
+        return bool(self._keys)
+
+    def _sign(self, sid: str, key: bytes) -> str:
+        return hmac.new(key, sid.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def sessionFromValue(self, value: str) -> Optional[str]:
+        """
+        The session id that the cookie value C{value} names, or C{None} if it
+        is malformed (or, when signing, not signed by one of our keys).
+        """
+        if not self._keys:
+            return value if _ID.match(value) else None
+        sid, dot, signature = value.partition(".")
+        if not (dot and _ID.match(sid) and len(signature) == _SIGNATURE_HEX):
+            return None
+        good = False
+        for key in self._keys:
+            # Check every key, so the time taken does not say which matched.
+            good |= hmac.compare_digest(self._sign(sid, key), signature)
+        return sid if good else None
+
+    def sessionFromHeader(self, header: Optional[str]) -> Optional[str]:
+        """
+        The session id named by a request's C{Cookie} header, or C{None} if
+        there is no well-formed session cookie in it.
+        """
+        if not header or len(header) > MAX_COOKIE_HEADER:
+            return None
+        for value in _cookieValues(header, self.name):
+            sid = self.sessionFromValue(value)
+            if sid is not None:
+                return sid
+        return None
+
+    def valueFor(self, sid: str) -> str:
+        """
+        The cookie value that names C{sid}.
+        """
+        if not self._keys:
+            return sid
+        return sid + "." + self._sign(sid, self._keys[0])
+
+    def issue(self) -> Tuple[str, str]:
+        """
+        A new session.
+
+        @return: its id and the cookie value naming it.
+        """
+        sid = newSessionId()
+        return sid, self.valueFor(sid)
+
+    def setCookieHeader(self, value: str, secure: bool) -> str:
+        """
+        The C{Set-Cookie} header value that stores C{value}.
+        """
+        header = f"{self.name}={value}; Path=/; HttpOnly; SameSite=Lax"
+        if secure:
+            header += "; Secure"
+        return header

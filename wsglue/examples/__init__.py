@@ -1,0 +1,3 @@
+"""
+Example handlers for wsglue (``--handler wsglue.examples.clock:Clock``).
+"""

@@ -1,0 +1,210 @@
+"""
+The WebSocket protocol and its factory.
+
+The factory owns the session registry, the cookie store, the origin policy
+and the application handler; a protocol instance is one browser connection.
+It parses the cookie in C{onConnect}, registers itself with the registry once
+open, and hands messages to the handler.  The protocol is also the C{conn}
+that handlers and the registry see: C{send}, C{sendPrepared}, C{close}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from wsglue.cookies import SessionCookies, shortId
+from wsglue.handlers import HandlerAdapter, PingPong
+from wsglue.origin import OriginPolicy
+from wsglue.registry import Message, SessionRegistry
+
+_log = Logger()
+
+STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+
+
+class GlueServerProtocol(WebSocketServerProtocol):
+    """
+    One browser connection.
+    """
+
+    sid: Optional[str] = None
+    _registered = False
+
+    # -- handshake ----------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> Tuple[None, Dict[str, str]]:
+        factory: GlueServerFactory = self.factory
+        headers = request.headers
+        secure = factory.isSecureRequest(self.transport, headers)
+        if not factory.origins.allows(request.origin, headers.get("host", ""), secure):
+            _log.info("origin refused: {origin}", origin=request.origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        cookies = factory.cookies
+        sid = cookies.sessionFromHeader(headers.get("cookie"))
+        response: Dict[str, str] = {}
+        if sid is None:
+            sid, value = cookies.issue()
+            response["Set-Cookie"] = cookies.setCookieHeader(value, secure)
+        self.sid = sid
+        return None, response
+
+    def onOpen(self) -> None:
+        factory: GlueServerFactory = self.factory
+        sid = self.sid
+        factory.registry.add(sid, self)
+        self._registered = True
+        _log.info(
+            "session opened: {sid}",
+            sid=shortId(sid),
+            connections=len(factory.registry.connections(sid)),
+        )
+        factory.handler.opened(sid, self)
+
+    # -- traffic ------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        factory: GlueServerFactory = self.factory
+        message: Message = payload if isBinary else payload.decode("utf-8")
+        if factory.verbose:
+            _log.info("<== {message!r} from {sid}", message=message, sid=shortId(self.sid))
+        factory.handler.received(self.sid, self, message)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        if not self._registered:
+            return
+        self._registered = False
+        factory: GlueServerFactory = self.factory
+        sid = self.sid
+        factory.registry.remove(sid, self)
+        _log.info("session closed: {sid}", sid=shortId(sid), code=code)
+        factory.handler.closed(sid, self)
+        factory.connectionGone()
+
+    # -- the conn interface -------------------------------------------------
+
+    def send(self, message: Message) -> bool:
+        """
+        Send C{message}: C{str} as a text frame, C{bytes} as a binary frame.
+        Return C{False} (and send nothing) if the connection is not open.
+        """
+        if self.state != STATE_OPEN:
+            return False
+        if isinstance(message, str):
+            self.sendMessage(message.encode("utf-8"), False)
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            self.sendMessage(bytes(message), True)
+        else:
+            raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
+        if self.factory.verbose:
+            _log.info("==> {message!r}", message=message)
+        return True
+
+    def sendPrepared(self, prepared: PreparedMessage) -> bool:
+        """
+        Send a frame built once by the registry for many connections.
+        """
+        if self.state != STATE_OPEN:
+            return False
+        self.sendPreparedMessage(prepared)
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """
+        Close with C{code} and C{reason}: a close frame, then the TCP
+        connection once the peer answers (or the close timeout passes).
+        """
+        if self.state == STATE_OPEN:
+            self.sendCloseFrame(
+                code=code, reasonUtf8=encode_truncate(reason, 123) if reason else None
+            )
+        elif self.state == STATE_CONNECTING:
+            self.dropConnection(abort=True)
+
+
+class GlueServerFactory(WebSocketServerFactory):
+    """
+    Builds L{GlueServerProtocol}s and owns what they share.
+
+    @ivar registry: the L{SessionRegistry} of this service.
+    @ivar cookies: the L{SessionCookies} store.
+    @ivar origins: the L{OriginPolicy}.
+    @ivar handler: the application handler, behind a L{HandlerAdapter}.
+    """
+
+    protocol = GlueServerProtocol
+
+    def __init__(
+        self,
+        registry: Optional[SessionRegistry] = None,
+        cookies: Optional[SessionCookies] = None,
+        origins: Optional[OriginPolicy] = None,
+        handlerFactory: Any = PingPong,
+        verbose: bool = False,
+        trustProxy: bool = False,
+        maxMessageSize: int = 65536,
+        pingInterval: float = 30,
+        pingTimeout: float = 10,
+        handshakeTimeout: float = 10,
+        reactor: Any = None,
+    ) -> None:
+        WebSocketServerFactory.__init__(self, server="wsglue", reactor=reactor)
+        self.registry = registry if registry is not None else SessionRegistry()
+        self.cookies = cookies if cookies is not None else SessionCookies()
+        self.origins = origins if origins is not None else OriginPolicy()
+        self.handler = HandlerAdapter(handlerFactory(self.registry))
+        self.verbose = verbose
+        self.trustProxy = trustProxy
+        self._emptyWaiters: List[Deferred] = []
+        self.setProtocolOptions(
+            # Answer protocol errors with a close frame carrying the code
+            # (1002, 1003, 1007, 1009) rather than dropping the TCP connection.
+            failByDrop=False,
+            maxMessagePayloadSize=maxMessageSize,
+            maxFramePayloadSize=maxMessageSize,
+            autoPingInterval=pingInterval,
+            autoPingTimeout=pingTimeout,
+            openHandshakeTimeout=handshakeTimeout,
+            closeHandshakeTimeout=3,
+            requireMaskedClientFrames=True,
+            perMessageCompressionAccept=None,
+        )
+
+    def isSecureRequest(self, transport: Any, headers: Dict[str, str]) -> bool:
+        """
+        Whether the browser reached us over TLS: the connection is TLS, or a
+        trusted proxy says so in C{X-Forwarded-Proto}.
+        """
+        if ISSLTransport.providedBy(transport):
+            return True
+        if self.trustProxy:
+            proto = headers.get("x-forwarded-proto", "")
+            return proto.rsplit(",", 1)[-1].strip().lower() == "https"
+        return False
+
+    def connectionGone(self) -> None:
+        """
+        A registered connection closed; wake whoever waits for none to be left.
+        """
+        if not self.registry.connectionCount and self._emptyWaiters:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenEmpty(self) -> Deferred:
+        """
+        A Deferred that fires once no connection is registered.
+        """
+        if not self.registry.connectionCount:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._emptyWaiters.append(d)
+        return d

@@ -1,0 +1,112 @@
+"""
+The listening service: binds the endpoint, says where it listens, and on stop
+closes every WebSocket with 1001 (going away) before the process exits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsglue.protocol import GlueServerFactory
+
+_log = Logger()
+
+
+class CannotListen(SystemExit):
+    """
+    The endpoint could not be bound.  A L{SystemExit}, so that twistd exits
+    non-zero with this one line rather than a traceback.
+    """
+
+
+def describeAddress(port: IListeningPort, secure: bool) -> str:
+    """
+    The C{ws://} URL (or unix socket path) that a listening port serves.
+    """
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return f"ws+unix://{getattr(address, 'name', address)}"
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "wss" if secure else "ws"
+    return f"{scheme}://{host}:{address.port}"
+
+
+class WebSocketService(Service):
+    """
+    Listen on C{endpoint} with C{site}; on stop, stop listening and close the
+    WebSockets of C{factory} with 1001, waiting at most C{drainTimeout}
+    seconds for the peers to answer.
+    """
+
+    port: Optional[IListeningPort] = None
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        site: Any,
+        factory: GlueServerFactory,
+        reactor: Any,
+        drainTimeout: float = 3.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.site = site
+        self.factory = factory
+        self.reactor = reactor
+        self.drainTimeout = drainTimeout
+
+    def privilegedStartService(self) -> None:
+        # Bind before privileges are shed (ports below 1024) and before the
+        # reactor runs, so a port that cannot be bound ends start-up at once.
+        results: list = []
+        self.endpoint.listen(self.site).addBoth(results.append)
+        if not results:
+            raise CannotListen(f"wsglue: listening on {self.description} did not complete")
+        result = results[0]
+        if isinstance(result, Failure):
+            raise CannotListen(
+                f"wsglue: cannot listen on {self.description}: {result.getErrorMessage()}"
+            )
+        self.port = result
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        Service.startService(self)
+        secure = self.description.startswith(("ssl:", "tls:"))
+        _log.info(
+            "started websocket server at {url}",
+            url=describeAddress(self.port, secure),
+        )
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        closing = self.factory.registry.closeAll(1001, "server shutting down")
+        if closing:
+            _log.info("closing {n} connections (1001)", n=closing)
+            d: Deferred = self.factory.whenEmpty()
+            d.addTimeout(self.drainTimeout, self.reactor)
+            try:
+                yield d
+            except TimeoutError:
+                _log.warn(
+                    "{n} connections did not close in time",
+                    n=self.factory.registry.connectionCount,
+                )
+

@@ -1,0 +1,229 @@
+"""
+The twistd entry point: command-line L{Options} and L{makeService}.
+
+Every configuration error is a L{usage.UsageError} raised while parsing, so
+that a bad value is one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from wsglue.cookies import SessionCookies
+from wsglue.handlers import PingPong, loadHandler
+from wsglue.origin import OriginPolicy
+from wsglue.protocol import GlueServerFactory
+from wsglue.registry import SessionRegistry
+from wsglue.service import WebSocketService
+from wsglue.web import makeSite
+
+
+def defaultStaticPath() -> str:
+    """
+    The C{static/} folder shipped in the package (or, in a source checkout,
+    the one beside C{wsglue/}).
+    """
+    try:
+        from importlib.resources import files
+
+        path = str(files("wsglue") / "static")
+        if os.path.isfile(os.path.join(path, "index.html")):
+            return path
+    except (ImportError, TypeError, ValueError):
+        pass
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(here, "static")
+
+
+def _number(kind: Callable[[str], Any], what: str) -> Callable[[str, Any], Any]:
+    def coerce(option: str, value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = -1
+        if number != number or number < 0 or number == float("inf"):
+            raise usage.UsageError(f"--{option} {what}, not {value!r}")
+        return number
+
+    return coerce
+
+
+seconds = _number(float, "must be a number of seconds, 0 or more")
+count = _number(int, "must be a whole number, 0 or more")
+
+# Options whose value is checked and converted in postOptions, so that a bad
+# value is reported with the option's name.
+NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
+    "broadcast-interval": seconds,
+    "max-message-size": count,
+    "ping-interval": seconds,
+    "ping-timeout": seconds,
+    "handshake-timeout": seconds,
+}
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd wsglue}; see SPEC.md section 3.
+    """
+
+    synopsis = "[options]"
+    longdesc = "Serve the wsglue page and its WebSocket endpoint on one port."
+
+    optParameters: List[List[Any]] = [
+        ["port", "p", "tcp:9998", "Twisted server endpoint string to listen on."],
+        ["static", None, None, "Folder served over HTTP [default: the page shipped with wsglue]."],
+        ["cookie-name", None, "CookieName", "Name of the session cookie."],
+        ["broadcast-interval", None, 3.0, "Seconds between demo broadcasts; 0 turns them off."],
+        ["broadcast-message", None, "notify", "What the demo broadcast sends."],
+        ["handler", None, None, "Application message handler, MODULE:NAME [default: ping/pong]."],
+        ["max-message-size", None, 65536, "Larger incoming messages close the connection with 1009."],
+        ["ping-interval", None, 30.0, "Seconds between server pings; 0 turns them off."],
+        ["ping-timeout", None, 10.0, "Seconds a peer has to answer a ping."],
+        ["handshake-timeout", None, 10.0, "Seconds a peer has to finish the opening handshake; 0 off."],
+    ]
+
+    optFlags: List[List[Any]] = [
+        ["verbose", "v", "Log every message."],
+        ["trust-proxy", None, "Take X-Forwarded-Proto / X-Forwarded-For from a reverse proxy."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, pattern: str) -> None:
+        """
+        Browser Origin allowed to open a WebSocket, as an Autobahn wildcard
+        pattern (repeatable; * allows any) [default: same origin only].
+        """
+        if not pattern.strip():
+            raise usage.UsageError("--allowed-origin needs a pattern")
+        self["allowed-origin"].append(pattern.strip())
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd a UsageError prints all of twistd's help before
+            # the one line that matters; say only that line.
+            sys.stderr.write(f"wsglue: error: {e}\n")
+            raise SystemExit(2)
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        for name, coerce in NUMBERS.items():
+            self[name] = coerce(name, self[name])
+
+        try:
+            endpoints.serverFromString(reactor, self["port"])
+        except Exception as e:
+            raise usage.UsageError(f"--port {self['port']!r} is not a valid endpoint: {e}")
+
+        if self["static"] is None:
+            self["static"] = defaultStaticPath()
+        if not os.path.isdir(self["static"]):
+            raise usage.UsageError(f"--static {self['static']!r} is not a folder")
+        if not os.path.isfile(os.path.join(self["static"], "index.html")):
+            raise usage.UsageError(f"--static {self['static']!r} has no index.html")
+
+        if not self["cookie-name"] or not _isToken(self["cookie-name"]):
+            raise usage.UsageError(f"--cookie-name {self['cookie-name']!r} is not a valid cookie name")
+
+        if self["handler"] is None:
+            self["handler-factory"] = PingPong
+        else:
+            try:
+                self["handler-factory"] = loadHandler(self["handler"])
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+
+
+def _isToken(name: str) -> bool:
+    # RFC 6265 cookie-name: an RFC 2616 token.
+    separators = set('()<>@,;:\\"/[]?={} \t')
+    return all(32 < ord(c) < 127 and c not in separators for c in name)
+
+
+def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
+    """
+    Build the wsglue service: the listening WebSocket/HTTP service and the
+    demo broadcast timer.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+
+    registry = SessionRegistry()
+    factory = GlueServerFactory(
+        registry=registry,
+        cookies=SessionCookies(options["cookie-name"]),
+        origins=OriginPolicy(options["allowed-origin"]),
+        handlerFactory=options["handler-factory"],
+        verbose=bool(options["verbose"]),
+        trustProxy=bool(options["trust-proxy"]),
+        maxMessageSize=options["max-message-size"],
+        pingInterval=options["ping-interval"],
+        pingTimeout=options["ping-timeout"],
+        handshakeTimeout=options["handshake-timeout"],
+        reactor=reactor,
+    )
+    site = makeSite(options["static"], factory, timeout=options["handshake-timeout"] or None)
+
+    top = MultiService()
+    endpoint = endpoints.serverFromString(reactor, options["port"])
+    WebSocketService(endpoint, options["port"], site, factory, reactor).setServiceParent(top)
+    if options["broadcast-interval"]:
+        timer = TimerService(
+            options["broadcast-interval"], registry.broadcast, options["broadcast-message"]
+        )
+        timer.clock = reactor
+        timer.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    return top
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[str]:
+    """
+    The command line that the C{WSGLUE_*} variables of C{environ} spell:
+    C{WSGLUE_} + the long option in upper case with C{-} as C{_}.  Flags take
+    C{1/true/yes/on} or C{0/false/no/off}; repeatable options take a
+    comma-separated list.
+
+    @raise usage.UsageError: for a flag whose value is neither.
+    """
+    argv: List[str] = []
+
+    def variable(name: str) -> str:
+        return "WSGLUE_" + name.upper().replace("-", "_")
+
+    for row in optionsClass.optParameters:
+        value = environ.get(variable(row[0]))
+        if value is not None:
+            argv.append(f"--{row[0]}={value}")
+    for row in optionsClass.optFlags:
+        value = environ.get(variable(row[0]))
+        if value is None:
+            continue
+        if value.strip().lower() in _TRUE:
+            argv.append(f"--{row[0]}")
+        elif value.strip().lower() not in _FALSE:
+            raise usage.UsageError(f"{variable(row[0])}={value!r}: use 1 or 0")
+    for name in ("allowed-origin",):
+        value = environ.get(variable(name))
+        if value:
+            argv.extend(f"--{name}={v.strip()}" for v in value.split(",") if v.strip())
+    return argv
