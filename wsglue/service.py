@@ -5,6 +5,7 @@ closes every WebSocket with 1001 (going away) before the process exits.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -58,6 +59,7 @@ class WebSocketService(Service):
         factory: GlueServerFactory,
         reactor: Any,
         drainTimeout: float = 3.0,
+        handleSignals: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.description = description
@@ -65,6 +67,7 @@ class WebSocketService(Service):
         self.factory = factory
         self.reactor = reactor
         self.drainTimeout = drainTimeout
+        self.handleSignals = handleSignals
 
     def privilegedStartService(self) -> None:
         # Bind before privileges are shed (ports below 1024) and before the
@@ -90,6 +93,23 @@ class WebSocketService(Service):
             "started websocket server at {url}",
             url=describeAddress(self.port, secure),
         )
+        if self.handleSignals:
+            self.reactor.callWhenRunning(self._installSignalHandlers)
+
+    def _installSignalHandlers(self) -> None:
+        # The reactor's own handlers make twistd re-raise the signal once it
+        # has shut down, so the process dies of SIGTERM.  A graceful stop
+        # that closed every connection with 1001 is a clean exit: status 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stopOnSignal)
+
+    def _stopOnSignal(self, signum: int, frame: Any) -> None:
+        _log.info("received {name}, shutting down", name=signal.Signals(signum).name)
+        self.reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     @inlineCallbacks
     def stopService(self) -> Any:

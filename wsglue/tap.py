@@ -160,6 +160,8 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     Build the wsglue service: the listening WebSocket/HTTP service and the
     demo broadcast timer.
     """
+    # Under twistd (no reactor given) SIGTERM and SIGINT are graceful stops.
+    handleSignals = reactor is None
     if reactor is None:
         from twisted.internet import reactor
 
@@ -181,12 +183,17 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
 
     top = MultiService()
     endpoint = endpoints.serverFromString(reactor, options["port"])
-    WebSocketService(endpoint, options["port"], site, factory, reactor).setServiceParent(top)
+    listener = WebSocketService(
+        endpoint, options["port"], site, factory, reactor, handleSignals=handleSignals
+    )
+    listener.setName("websocket")
+    listener.setServiceParent(top)
     if options["broadcast-interval"]:
         timer = TimerService(
             options["broadcast-interval"], registry.broadcast, options["broadcast-message"]
         )
         timer.clock = reactor
+        timer.setName("broadcast")
         timer.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     return top

@@ -1,0 +1,261 @@
+"""
+Shared test helpers: a wsglue service on a real loopback port, a real
+WebSocket client (Autobahn's, on the same reactor), and a real twistd
+daemon in a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from wsglue.tap import Options, makeService
+
+# twistd's own entry point, as the console script runs it.
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def options(*argv: str) -> Options:
+    """
+    Parsed L{Options} for a service on a free loopback port, with the demo
+    broadcast off unless C{argv} turns it on.
+    """
+    o = Options()
+    o.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--broadcast-interval", "0", *argv])
+    return o
+
+
+class RunningService:
+    """
+    A wsglue service started in this process on a free loopback port.
+    """
+
+    def __init__(self, *argv: str) -> None:
+        self.service = makeService(options(*argv), reactor)
+        self.service.startService()
+        self.factory = self.service.factory
+        self.registry = self.factory.registry
+        self.port = self.service.getServiceNamed("websocket").port.getHost().port
+        self.url = f"ws://127.0.0.1:{self.port}/"
+
+    def stop(self) -> Deferred:
+        return defer.maybeDeferred(self.service.stopService)
+
+
+def serve(testCase: Any, *argv: str) -> RunningService:
+    """
+    Start a service for C{testCase}; it is stopped, and every connection
+    closed, when the test ends.
+    """
+    running = RunningService(*argv)
+    testCase.addCleanup(running.stop)
+    return running
+
+
+class Client(WebSocketClientProtocol):
+    """
+    A WebSocket client that queues what it receives and says how it closed.
+    """
+
+    def __init__(self) -> None:
+        WebSocketClientProtocol.__init__(self)
+        self.messages: DeferredQueue = DeferredQueue()
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.responseHeaders: Dict[str, str] = {}
+
+    def onConnect(self, response: Any) -> None:
+        self.responseHeaders = dict(response.headers)
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.put(payload if isBinary else payload.decode("utf-8"))
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {reason}"))
+        self.closed.callback((self.remoteCloseCode, self.remoteCloseReason))
+
+    def send(self, message: Any) -> None:
+        if isinstance(message, str):
+            self.sendMessage(message.encode("utf-8"))
+        else:
+            self.sendMessage(bytes(message), isBinary=True)
+
+    def nextMessage(self, timeout: float = 5) -> Deferred:
+        d = self.messages.get()
+        d.addTimeout(timeout, reactor)
+        return d
+
+    @property
+    def setCookie(self) -> Optional[str]:
+        return self.responseHeaders.get("set-cookie")
+
+
+def connect(
+    testCase: Any, port: int, headers: Optional[Dict[str, str]] = None, path: str = "/"
+) -> Deferred:
+    """
+    Open a WebSocket to 127.0.0.1:C{port} with extra request C{headers}.
+    Fires with the open L{Client}; fails if the handshake is refused.  The
+    connection is dropped when the test ends.
+    """
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", headers=headers or {})
+    factory.protocol = Client
+    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+
+    def opened(client: Client) -> Deferred:
+        def cleanup() -> Deferred:
+            if not client.closed.called:
+                client.dropConnection(abort=True)
+            return client.closed
+
+        testCase.addCleanup(cleanup)
+        return client.opened
+
+    d = endpoint.connect(factory)
+    d.addCallback(opened)
+    return d
+
+
+def cookieValue(setCookie: str) -> str:
+    """
+    The value in a C{Set-Cookie} header.
+    """
+    return setCookie.split(";", 1)[0].split("=", 1)[1]
+
+
+@inlineCallbacks
+def waitFor(predicate: Any, timeout: float = 5, interval: float = 0.01) -> Any:
+    """
+    Poll C{predicate} until it is true, at most C{timeout} seconds.
+    """
+    from twisted.internet.task import deferLater
+
+    for _ in range(int(timeout / interval)):
+        if predicate():
+            return
+        yield deferLater(reactor, interval, lambda: None)
+    if not predicate():
+        raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+
+
+class _DaemonProtocol(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred = Deferred()
+        self._waiting: List[Tuple[bytes, Deferred]] = []
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+        for item in list(self._waiting):
+            if item[0] in self.output:
+                self._waiting.remove(item)
+                item[1].callback(self.output)
+
+    def waitForOutput(self, text: bytes, timeout: float = 20) -> Deferred:
+        d: Deferred = Deferred()
+        if text in self.output:
+            d.callback(self.output)
+            return d
+        self._waiting.append((text, d))
+        d.addTimeout(timeout, reactor)
+        return d
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
+        for text, d in self._waiting:
+            if not d.called:
+                d.errback(AssertionError(f"daemon exited before printing {text!r}:\n{self.output.decode(errors='replace')}"))
+        self._waiting = []
+
+
+class Daemon:
+    """
+    C{twistd -n wsglue ARGS} as a child process of the test.
+
+    @ivar output: everything it printed so far (stdout and stderr).
+    """
+
+    def __init__(self, proto: _DaemonProtocol, transport: Any) -> None:
+        self._proto = proto
+        self.transport = transport
+        self.pid = transport.pid
+        self.ended = proto.ended
+
+    @property
+    def output(self) -> str:
+        return self._proto.output.decode("utf-8", errors="replace")
+
+    def waitForOutput(self, text: str, timeout: float = 20) -> Deferred:
+        return self._proto.waitForOutput(text.encode("utf-8"), timeout)
+
+    def signal(self, name: str = "TERM") -> None:
+        if not self.ended.called:
+            self.transport.signalProcess(name)
+
+    def stop(self) -> Deferred:
+        """
+        SIGTERM, then SIGKILL if it has not exited after 10 seconds.
+        """
+        if self.ended.called:
+            return defer.succeed(None)
+        self.signal("TERM")
+        killer = reactor.callLater(10, self.signal, "KILL")
+        self.ended.addBoth(lambda r: killer.active() and killer.cancel() or r)
+        return self.ended
+
+
+def spawnDaemon(
+    testCase: Any,
+    args: List[str],
+    env: Optional[Dict[str, str]] = None,
+    executable: Optional[str] = None,
+    tac: Optional[str] = None,
+    cwd: Optional[str] = None,
+) -> Daemon:
+    """
+    Start C{twistd -n wsglue *args} (or C{twistd -ny tac}) with this Python
+    (or C{executable}); it is stopped when the test ends.
+    """
+    python = executable or sys.executable
+    if tac is not None:
+        argv = [python, "-c", TWISTD, "--pidfile=", "-n", "-y", tac]
+    else:
+        argv = [python, "-c", TWISTD, "--pidfile=", "-n", "wsglue", *args]
+    environ = dict(os.environ)
+    if executable is None:
+        # Run this checkout, plugin included, not whatever is installed.
+        environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+    environ.update(env or {})
+    proto = _DaemonProtocol()
+    transport = reactor.spawnProcess(
+        proto, python, argv, env=environ, path=cwd or ROOT, childFDs={0: "w", 1: "r", 2: "r"}
+    )
+    daemon = Daemon(proto, transport)
+    testCase.addCleanup(daemon.stop)
+    return daemon
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
