@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from wsglue.cookies import SessionCookies, shortId
 from wsglue.handlers import HandlerAdapter, PingPong
+from wsglue.limits import Limits, TokenBucket
 from wsglue.origin import OriginPolicy
 from wsglue.registry import Message, SessionRegistry
 
@@ -38,6 +39,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
     sid: Optional[str] = None
     _registered = False
+    # The address this connection was admitted for (see Limits.admit).
+    _admitted: Optional[str] = None
+    _bucket: Optional[TokenBucket] = None
 
     # -- handshake ----------------------------------------------------------
 
@@ -48,10 +52,19 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if not factory.origins.allows(request.origin, headers.get("host", ""), secure):
             _log.info("origin refused: {origin}", origin=request.origin)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        address = factory.clientAddress(self.transport, headers)
+        refusal = factory.limits.admit(address)
+        if refusal is not None:
+            raise ConnectionDeny(*refusal)
+        self._admitted = address
         cookies = factory.cookies
         sid = cookies.sessionFromHeader(headers.get("cookie"))
         response: Dict[str, str] = {}
         if sid is None:
+            if cookies.signed and headers.get("cookie") and cookies.name in headers["cookie"]:
+                # A cookie of our name that we did not sign: forged, or
+                # signed with a key this deployment no longer holds.
+                factory.limits.bite("refused_cookie")
             sid, value = cookies.issue()
             response["Set-Cookie"] = cookies.setCookieHeader(value, secure)
         self.sid = sid
@@ -60,6 +73,14 @@ class GlueServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory: GlueServerFactory = self.factory
         sid = self.sid
+        limits = factory.limits
+        perSession = limits.maxConnectionsPerSession
+        if perSession and len(factory.registry.connections(sid)) >= perSession:
+            # The tabs already open keep working; only this one goes.
+            limits.bite("closed_per_session", sid=shortId(sid))
+            self.close(1008, "too many connections for this session")
+            return
+        self._bucket = limits.messageBucket()
         factory.registry.add(sid, self)
         self._registered = True
         _log.info(
@@ -73,12 +94,21 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         factory: GlueServerFactory = self.factory
+        if not self._registered or self.state != STATE_OPEN:
+            return
+        if self._bucket is not None and not self._bucket.take():
+            factory.limits.bite("closed_message_rate", sid=shortId(self.sid))
+            self.close(1008, "too many messages")
+            return
         message: Message = payload if isBinary else payload.decode("utf-8")
         if factory.verbose:
             _log.info("<== {message!r} from {sid}", message=message, sid=shortId(self.sid))
         factory.handler.received(self.sid, self, message)
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        if self._admitted is not None:
+            self.factory.limits.release(self._admitted)
+            self._admitted = None
         if not self._registered:
             return
         self._registered = False
@@ -96,7 +126,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         Send C{message}: C{str} as a text frame, C{bytes} as a binary frame.
         Return C{False} (and send nothing) if the connection is not open.
         """
-        if self.state != STATE_OPEN:
+        if self.state != STATE_OPEN or self._sendBufferFull():
             return False
         if isinstance(message, str):
             self.sendMessage(message.encode("utf-8"), False)
@@ -112,9 +142,26 @@ class GlueServerProtocol(WebSocketServerProtocol):
         """
         Send a frame built once by the registry for many connections.
         """
-        if self.state != STATE_OPEN:
+        if self.state != STATE_OPEN or self._sendBufferFull():
             return False
         self.sendPreparedMessage(prepared)
+        return True
+
+    def _sendBufferFull(self) -> bool:
+        """
+        Whether this peer has stopped reading: more unsent bytes than
+        C{--max-send-buffer}.  If so it is closed with 1008 and nothing more
+        is queued for it, so a slow consumer costs at most the limit plus
+        one message.
+        """
+        limits = self.factory.limits
+        if not limits.sendBufferFull(self.transport):
+            return False
+        limits.bite("closed_send_buffer", sid=shortId(self.sid or ""))
+        # The close frame is queued behind what the peer has not read; if
+        # it never reads, the close handshake timeout drops the TCP
+        # connection and its buffer with it.
+        self.close(1008, "not reading fast enough")
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -155,6 +202,7 @@ class GlueServerFactory(WebSocketServerFactory):
         pingTimeout: float = 10,
         handshakeTimeout: float = 10,
         reactor: Any = None,
+        limits: Optional[Limits] = None,
     ) -> None:
         WebSocketServerFactory.__init__(self, server="wsglue", reactor=reactor)
         self.registry = registry if registry is not None else SessionRegistry()
@@ -163,6 +211,7 @@ class GlueServerFactory(WebSocketServerFactory):
         self.handler = HandlerAdapter(handlerFactory(self.registry))
         self.verbose = verbose
         self.trustProxy = trustProxy
+        self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self._emptyWaiters: List[Deferred] = []
         self.setProtocolOptions(
             # Answer protocol errors with a close frame carrying the code
@@ -189,6 +238,20 @@ class GlueServerFactory(WebSocketServerFactory):
             proto = headers.get("x-forwarded-proto", "")
             return proto.rsplit(",", 1)[-1].strip().lower() == "https"
         return False
+
+    def clientAddress(self, transport: Any, headers: Dict[str, str]) -> str:
+        """
+        The client's IP address, for the per-address limit: the peer of the
+        connection, or, behind a trusted proxy, the rightmost entry of
+        C{X-Forwarded-For} (the one our proxy added; entries to its left
+        come from the client and can be forged).
+        """
+        if self.trustProxy:
+            forwarded = headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
+            if forwarded:
+                return forwarded
+        peer = transport.getPeer() if transport is not None else None
+        return str(getattr(peer, "host", None) or "local")
 
     def connectionGone(self) -> None:
         """

@@ -18,6 +18,8 @@ from twisted.python import usage
 
 from wsglue.cookies import SessionCookies
 from wsglue.handlers import PingPong, loadHandler
+from wsglue.keys import KeyFileError, readKeys
+from wsglue.limits import Limits
 from wsglue.origin import OriginPolicy
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
@@ -66,6 +68,11 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "ping-interval": seconds,
     "ping-timeout": seconds,
     "handshake-timeout": seconds,
+    "max-connections": count,
+    "max-connections-per-ip": count,
+    "max-connections-per-session": count,
+    "max-messages-per-second": seconds,
+    "max-send-buffer": count,
 }
 
 
@@ -88,6 +95,12 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between server pings; 0 turns them off."],
         ["ping-timeout", None, 10.0, "Seconds a peer has to answer a ping."],
         ["handshake-timeout", None, 10.0, "Seconds a peer has to finish the opening handshake; 0 off."],
+        ["secret-file", None, None, "File of keys (one a line, first signs) for signed session ids."],
+        ["max-connections", None, 0, "WebSockets in all; above it the handshake gets 503; 0 off."],
+        ["max-connections-per-ip", None, 0, "WebSockets per client address; above it 429; 0 off."],
+        ["max-connections-per-session", None, 32, "Tabs per session; a further one is closed with 1008; 0 off."],
+        ["max-messages-per-second", None, 0, "Messages per connection (token bucket); a flood is closed with 1008; 0 off."],
+        ["max-send-buffer", None, 1048576, "Unsent bytes per connection; a peer that stops reading is cut off; 0 off."],
     ]
 
     optFlags: List[List[Any]] = [
@@ -140,6 +153,13 @@ class Options(usage.Options):
         if not self["cookie-name"] or not _isToken(self["cookie-name"]):
             raise usage.UsageError(f"--cookie-name {self['cookie-name']!r} is not a valid cookie name")
 
+        self["secret-keys"] = []
+        if self["secret-file"] is not None:
+            try:
+                self["secret-keys"] = readKeys(self["secret-file"])
+            except KeyFileError as e:
+                raise usage.UsageError(str(e))
+
         if self["handler"] is None:
             self["handler-factory"] = PingPong
         else:
@@ -166,9 +186,18 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
 
     registry = SessionRegistry()
+    limits = Limits(
+        maxConnections=options["max-connections"],
+        maxConnectionsPerIp=options["max-connections-per-ip"],
+        maxConnectionsPerSession=options["max-connections-per-session"],
+        maxMessagesPerSecond=options["max-messages-per-second"],
+        maxSendBuffer=options["max-send-buffer"],
+        clock=reactor,
+    )
     factory = GlueServerFactory(
         registry=registry,
-        cookies=SessionCookies(options["cookie-name"]),
+        cookies=SessionCookies(options["cookie-name"], options.get("secret-keys", ())),
+        limits=limits,
         origins=OriginPolicy(options["allowed-origin"]),
         handlerFactory=options["handler-factory"],
         verbose=bool(options["verbose"]),
@@ -179,7 +208,13 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         handshakeTimeout=options["handshake-timeout"],
         reactor=reactor,
     )
-    site = makeSite(options["static"], factory, timeout=options["handshake-timeout"] or None)
+    site = makeSite(
+        options["static"],
+        factory,
+        timeout=options["handshake-timeout"] or None,
+        handshakeTimeout=options["handshake-timeout"],
+        reactor=reactor,
+    )
 
     top = MultiService()
     endpoint = endpoints.serverFromString(reactor, options["port"])

@@ -10,10 +10,11 @@ itself (C{..}, encoded variants, symlinks that lead out).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
+from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -84,13 +85,95 @@ class GlueRoot(Resource):
         return self.static.render(request)
 
 
-def makeSite(staticPath: str, factory: Any, timeout: float = 60) -> Site:
+class DeadlineChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} that drops a peer which has not sent a complete
+    request within C{site.handshakeTimeout} seconds of connecting (or of
+    its previous response, on a kept-alive connection).
+
+    The channel's own timeout is an idle timeout: a peer that trickles one
+    byte at a time resets it for ever (slowloris).  This deadline is
+    absolute.  Once a request is complete, the WebSocket handshake belongs
+    to Autobahn (its C{openHandshakeTimeout}) and the page to the idle
+    timeout.
+    """
+
+    _deadline: Any = None
+
+    def connectionMade(self) -> None:
+        HTTPChannel.connectionMade(self)
+        self._arm()
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request: Any) -> None:
+        HTTPChannel.requestDone(self, request)
+        # Kept alive: the next request gets its own deadline.
+        if self.persistent and self.transport is not None and not self.requests:
+            self._arm()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._disarm()
+        HTTPChannel.connectionLost(self, reason)
+
+    def _arm(self) -> None:
+        timeout = getattr(self.site, "handshakeTimeout", None)
+        if timeout and self._deadline is None:
+            self._deadline = self.callLater(timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        limits = getattr(self.site, "limits", None)
+        if limits is not None:
+            limits.bite("dropped_handshake_timeout")
+        if self.transport is not None:
+            # abortConnection: a peer that does not read must not keep the
+            # socket (and what we buffered for it) alive any longer.
+            self.transport.abortConnection()
+
+
+class GlueSite(Site):
+    """
+    The L{Site} of wsglue: plain HTTP/1.1 channels with a handshake
+    deadline (L{DeadlineChannel}).
+
+    @ivar handshakeTimeout: seconds a peer has to send a complete request;
+        C{None} or C{0} for no deadline.
+    @ivar limits: the L{wsglue.limits.Limits} whose counter records the
+        peers dropped for it, or C{None}.
+    """
+
+    # HTTP/2 is of no use here: a WebSocket upgrade is an HTTP/1.1 request.
+    protocol = DeadlineChannel  # type: ignore[assignment]
+
+    handshakeTimeout: Optional[float] = None
+    limits: Any = None
+
+
+def makeSite(
+    staticPath: str,
+    factory: Any,
+    timeout: float = 60,
+    handshakeTimeout: Optional[float] = None,
+    reactor: Any = None,
+) -> Site:
     """
     The L{Site} serving C{staticPath} and the WebSocket C{factory} on one
-    port.  C{timeout} bounds how long an HTTP connection may sit idle before
-    it has sent a complete request.
+    port.  C{timeout} bounds how long an HTTP connection may sit idle;
+    C{handshakeTimeout} how long a peer may take to send a complete request
+    in all (see L{DeadlineChannel}).
     """
     root = GlueRoot(StaticFolder(staticPath), WebSocketResource(factory))
-    site = Site(root, timeout=timeout)
+    site = GlueSite(root, timeout=timeout, reactor=reactor)
     site.displayTracebacks = False
+    site.handshakeTimeout = handshakeTimeout or None
+    site.limits = getattr(factory, "limits", None)
     return site
