@@ -54,7 +54,10 @@ def _cookieValues(header: str, name: str) -> list:
         jar.load(header)
     except CookieError:
         pass
-    if name in jar:
+    # With repeated names SimpleCookie keeps only the last value, which may
+    # be a stale or foreign one hiding our well-formed cookie: read every
+    # pair then.
+    if name in jar and header.count(name) == 1:
         return [jar[name].value]
     values = []
     for pair in header.split(";"):
