@@ -1,0 +1,731 @@
+"""
+The wsglue benchmark: wsglue against the Node C{ws} peer and the Python
+C{websockets} peer, side by side, in one run, with one command::
+
+    python -m bench              # the full run of issue 4 (minutes)
+    python -m bench --smoke      # a tiny run (seconds), as CI does
+
+Each repetition starts every server in turn (A B C A B C ...) exactly as a
+user would, drives it with several Node load-generator processes
+(C{bench/load/loader.js}, each bound to its own source address 127.0.0.x)
+and measures: handshakes per second and KiB per idle session; broadcast
+fan-out (time to first, p50, p99 and last delivery, missed messages); echo
+round trips per second with p50/p99 latency at two connection counts; and
+the CPU share of the server and of the load generators.  The medians over
+the repetitions are printed as one table with each figure's ratio to the
+Node peer, and written as JSON to C{bench/results/<timestamp>.json}.
+
+Everything is bounded in time, traffic goes only to 127.0.0.0/8, and only
+the processes started here are stopped (by PID), also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+NODE_PEER = os.path.join(BENCH, "peers", "node")
+LOAD = os.path.join(BENCH, "load")
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+# Leave room under the 20,000 open files each process may hold: sockets,
+# pipes, the interpreter's own files.
+PER_PROCESS = 19000
+SERVERS = ("wsglue", "websockets", "node")
+REFERENCE = "node"
+
+
+class BenchError(Exception):
+    """
+    The bench could not run (a server did not start, a loader died...).
+    """
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def _raiseFileLimit() -> None:
+    # Children get the hard limit on open files (20,000 here) as their soft
+    # limit, as a production service manager would set it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Child:
+    """
+    A process started by the bench; its output is collected by a thread.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
+                 stdin: bool = False) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.output: List[str] = []
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            preexec_fn=_raiseFileLimit,
+        )
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put("")  # end of output
+
+    def waitForLine(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name}: no {text!r} within {timeout}s:\n{self.tail()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line == "":
+                raise BenchError(f"{self.name} exited ({self.proc.wait()}):\n{self.tail()}")
+            if text in line:
+                return line
+
+    def tail(self, n: int = 20) -> str:
+        return "".join(self.output[-n:])
+
+    def stop(self, timeout: float = 10) -> None:
+        """
+        SIGTERM, then SIGKILL if it has not exited within C{timeout}.
+        """
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self._reader.join(2)
+
+
+class Loader(Child):
+    """
+    One C{loader.js} process, spoken to with one JSON line per command.
+    """
+
+    def __init__(self, port: int, source: str) -> None:
+        Child.__init__(self, f"loader@{source}", ["node", os.path.join(LOAD, "loader.js"),
+                                                  "127.0.0.1", str(port), source], stdin=True)
+        self.source = source
+        self.pending: List[Dict[str, Any]] = []
+        self.held = 0
+        self.expect("ready", 20)
+
+    def send(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise BenchError(f"{self.name} is gone:\n{self.tail()}")
+
+    def expect(self, event: str, timeout: float) -> Dict[str, Any]:
+        for i, message in enumerate(self.pending):
+            if message["ev"] == event:
+                return self.pending.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name}: no {event!r} within {timeout:.0f}s:\n{self.tail()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line == "":
+                raise BenchError(f"{self.name} exited ({self.proc.wait()}):\n{self.tail()}")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # a warning printed by node, not an answer
+            if message.get("ev") == event:
+                return message
+            self.pending.append(message)
+
+    def stop(self, timeout: float = 5) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="exit")
+                self.proc.wait(timeout)
+            except (BenchError, subprocess.TimeoutExpired):
+                pass
+        Child.stop(self, timeout)
+
+
+def descendants(pid: int) -> List[int]:
+    """
+    C{pid} and every process below it (worker processes).
+    """
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo and len(found) < 10000:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, ()))
+    return found
+
+
+def rssKiB(pids: Sequence[int]) -> int:
+    """
+    Resident memory of C{pids}, summed, in KiB.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpuSeconds(pids: Sequence[int]) -> float:
+    """
+    User + system CPU time of C{pids}, summed (from /proc/PID/stat).
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def openFiles(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+class CpuMeter:
+    """
+    The CPU share (percent of one core) of two groups of processes over an
+    interval.
+    """
+
+    def __init__(self, server: Callable[[], List[int]], load: Callable[[], List[int]]) -> None:
+        self.server, self.load = server, load
+        self.t0 = time.monotonic()
+        self.s0, self.l0 = cpuSeconds(server()), cpuSeconds(load())
+
+    def shares(self) -> Dict[str, float]:
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        return {
+            "server_cpu_pct": 100 * (cpuSeconds(self.server()) - self.s0) / wall,
+            "load_cpu_pct": 100 * (cpuSeconds(self.load()) - self.l0) / wall,
+        }
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the servers --------------------------------------------------------------
+
+
+def ensureNodeModules(folder: str) -> None:
+    """
+    Install the npm dependencies of C{folder} if they are missing.
+    """
+    if os.path.isdir(os.path.join(folder, "node_modules", "ws")):
+        return
+    if shutil.which("npm") is None:
+        raise BenchError("npm is needed for the bench (Node peer and load generators)")
+    subprocess.run(
+        ["npm", "install", "--prefix", folder, "--no-audit", "--no-fund", "--no-package-lock",
+         "--loglevel=error"],
+        check=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )
+
+
+class Server:
+    """
+    One server under test, started as its user would start it.
+    """
+
+    def __init__(self, name: str, config: argparse.Namespace) -> None:
+        self.name = name
+        self.config = config
+        self.port = freePort()
+        self.extra: List[Child] = []
+        env = dict(os.environ)
+        if name == "wsglue":
+            env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+            argv = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
+                    "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
+                    "--handler", "bench.handler:Bench", "--broadcast-interval", "0",
+                    "--ping-interval", "0"]
+            if config.workers > 1:
+                redisPort = freePort()
+                redis = Child("redis", ["redis-server", "--port", str(redisPort), "--bind",
+                                        "127.0.0.1", "--save", "", "--appendonly", "no"])
+                self.extra.append(redis)
+                redis.waitForLine("Ready to accept connections", 20)
+                argv += ["--workers", str(config.workers),
+                         "--redis", f"redis://127.0.0.1:{redisPort}/0"]
+            ready = "started websocket server at"
+        elif name == "websockets":
+            argv = [sys.executable, os.path.join(BENCH, "peers", "websockets_peer.py"),
+                    str(self.port), "127.0.0.1"]
+            ready = "listening on"
+        elif name == "node":
+            argv = ["node", os.path.join(NODE_PEER, "server.js"), str(self.port), "127.0.0.1"]
+            ready = "listening on"
+        else:
+            raise BenchError(f"unknown server {name!r}")
+        self.argv = argv
+        self.child = Child(name, argv, env=env)
+        self.child.waitForLine(ready, 30)
+        if name == "wsglue" and config.workers > 1:
+            # Every worker says where it listens; wait for all of them.
+            for _ in range(config.workers - 1):
+                self.child.waitForLine(ready, 30)
+
+    def pids(self) -> List[int]:
+        pids = descendants(self.child.pid)
+        for extra in self.extra:
+            pids.extend(descendants(extra.pid))
+        return pids
+
+    def stop(self) -> None:
+        self.child.stop()
+        for extra in self.extra:
+            extra.stop()
+
+
+# -- measurements -------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def split(n: int, parts: int) -> List[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+class Session:
+    """
+    One server with its load generators, for one repetition.
+    """
+
+    def __init__(self, server: Server, config: argparse.Namespace, rep: int) -> None:
+        self.server = server
+        self.config = config
+        self.rep = rep
+        biggest = max([config.idle, *config.broadcast,
+                       *(config.big if server.name == "wsglue" else [])])
+        count = max(config.loaders, -(-biggest // PER_PROCESS))
+        self.loaders: List[Loader] = []
+        for i in range(count):
+            self.loaders.append(Loader(server.port, f"127.0.0.{2 + i}"))
+        self.figures: Dict[str, Any] = {}
+        self.handshakes = 0
+        self.handshakeTime = 0.0
+
+    def loadPids(self) -> List[int]:
+        return [loader.pid for loader in self.loaders]
+
+    def held(self) -> int:
+        return sum(loader.held for loader in self.loaders)
+
+    def rampTo(self, total: int) -> None:
+        """
+        Open idle connections until C{total} are held, spread over the
+        loaders (each bound to its own source address).
+        """
+        want = max(0, total - self.held())
+        if not want:
+            return
+        shares = split(want, len(self.loaders))
+        concurrency = max(1, self.config.concurrency // len(self.loaders))
+        for loader, n in zip(self.loaders, shares):
+            if n:
+                loader.send(cmd="open", n=n, concurrency=concurrency, timeout=10)
+        results = []
+        for loader, n in zip(self.loaders, shares):
+            if n:
+                r = loader.expect("opened", 60 + n / 100)
+                loader.held = r["held"]
+                results.append(r)
+        ok = sum(r["ok"] for r in results)
+        if ok:
+            first = min(r["first"] for r in results if r["ok"])
+            last = max(r["last"] for r in results if r["ok"])
+            self.handshakes += ok
+            self.handshakeTime += max(last - first, 1e-3) / 1000
+
+    def broadcast(self, size: int, label: str) -> None:
+        """
+        Broadcast C{config.messages} times to every held connection; the
+        medians of the per-message figures are kept under C{label}.
+        """
+        held = self.held()
+        per: Dict[str, List[float]] = {k: [] for k in ("first_ms", "p50_ms", "p99_ms", "last_ms", "missed")}
+        meter = CpuMeter(self.server.pids, self.loadPids)
+        timeout = self.config.broadcast_timeout
+        for i in range(self.config.messages):
+            tag = f"b{self.rep}.{size}.{i}:"
+            message = "broadcast " + tag + "x" * max(0, self.config.payload - len(tag))
+            for loader in self.loaders:
+                loader.send(cmd="arm", tag=tag, timeout=timeout)
+            for loader in self.loaders:
+                loader.expect("arm-ok", 10)
+            self.loaders[0].send(cmd="trigger", message=message)
+            sentAt = self.loaders[0].expect("triggered", 10)["t"]
+            times: List[float] = []
+            for loader in self.loaders:
+                times.extend(t - sentAt for t in loader.expect("armed", timeout + 10)["times"])
+            per["missed"].append(held - len(times))
+            if times:
+                per["first_ms"].append(min(times))
+                per["p50_ms"].append(percentile(times, 50))
+                per["p99_ms"].append(percentile(times, 99))
+                per["last_ms"].append(max(times))
+        for key, values in per.items():
+            self.figures[f"{label}_{key}"] = statistics.median(values) if values else None
+        self.figures[f"{label}_clients"] = held
+        self.figures.update({f"{label}_{k}": v for k, v in meter.shares().items()})
+
+    def idle(self, label: str, baseline: int) -> None:
+        held = self.held()
+        self.figures[f"{label}_sessions"] = held
+        grown = rssKiB(self.server.pids()) - baseline
+        self.figures[f"{label}_kib_per_session"] = grown / held if held else None
+
+    def closeAll(self, baselineFiles: int) -> None:
+        for loader in self.loaders:
+            loader.send(cmd="closeall")
+        for loader in self.loaders:
+            loader.expect("closed", 30)
+            loader.held = 0
+        # Wait (bounded) until the server has let go of the sockets too.
+        for _ in range(300):
+            if openFiles(self.server.pids()) <= baselineFiles + 16:
+                break
+            time.sleep(0.05)
+
+    def echo(self, n: int) -> None:
+        label = f"echo{n}"
+        loaders = self.loaders[: max(1, min(self.config.echo_loaders, len(self.loaders)))]
+        meter = CpuMeter(self.server.pids, lambda: [l.pid for l in loaders])
+        for loader, share in zip(loaders, split(n, len(loaders))):
+            loader.send(cmd="echo", n=share, seconds=self.config.seconds, warmup=self.config.warmup)
+        count, seconds, opened, lat = 0, 0.0, 0, []
+        for loader, share in zip(loaders, split(n, len(loaders))):
+            r = loader.expect("echo", 60 + self.config.seconds + self.config.warmup)
+            count += r["count"]
+            seconds = max(seconds, r["seconds"])
+            opened += r["opened"]
+            lat.extend(r["lat"])
+        self.figures[f"{label}_connections"] = opened
+        self.figures[f"{label}_rt_per_s"] = count / seconds if seconds else None
+        self.figures[f"{label}_p50_ms"] = percentile(lat, 50) if lat else None
+        self.figures[f"{label}_p99_ms"] = percentile(lat, 99) if lat else None
+        self.figures.update({f"{label}_{k}": v for k, v in meter.shares().items()})
+
+    def run(self) -> Dict[str, Any]:
+        config = self.config
+        baseline = rssKiB(self.server.pids())
+        baselineFiles = openFiles(self.server.pids())
+        rampMeter = CpuMeter(self.server.pids, self.loadPids)
+        sizes = sorted(set(config.broadcast) | {config.idle})
+        for size in sizes:
+            self.rampTo(size)
+            if size == config.idle:
+                self.idle("idle", baseline)
+            if size in config.broadcast:
+                self.broadcast(size, f"bcast{size}")
+        self.figures["handshakes_per_s"] = (
+            self.handshakes / self.handshakeTime if self.handshakeTime else None
+        )
+        self.figures.update({f"ramp_{k}": v for k, v in rampMeter.shares().items()})
+        if self.server.name == "wsglue":
+            for size in config.big:
+                self.rampTo(size)
+                self.idle(f"big{size}", baseline)
+                self.broadcast(size, f"bcast{size}")
+        self.closeAll(baselineFiles)
+        for n in config.echo:
+            self.echo(n)
+        return self.figures
+
+    def stop(self) -> None:
+        for loader in self.loaders:
+            loader.stop()
+
+
+# -- reporting ----------------------------------------------------------------
+
+
+def machine() -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["memory_kib"] = int(f.readline().split()[1])
+    except OSError:
+        pass
+    try:
+        info["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True,
+                                      timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for module in ("twisted", "autobahn", "websockets"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    info["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return info
+
+
+def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
+    """
+    The name of every figure a run of C{server} produces with C{config}.
+    """
+    names = ["handshakes_per_s", "idle_sessions", "idle_kib_per_session",
+             "ramp_server_cpu_pct", "ramp_load_cpu_pct"]
+    bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients",
+             "server_cpu_pct", "load_cpu_pct"]
+    for size in config.broadcast:
+        names += [f"bcast{size}_{k}" for k in bcast]
+    if server == "wsglue":
+        for size in config.big:
+            names += [f"big{size}_sessions", f"big{size}_kib_per_session"]
+            names += [f"bcast{size}_{k}" for k in bcast]
+    for n in config.echo:
+        names += [f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms",
+                                         "server_cpu_pct", "load_cpu_pct")]
+    return names
+
+
+def medians(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    keys: List[str] = []
+    for run in runs:
+        keys += [k for k in run if k not in keys]
+    out: Dict[str, Any] = {}
+    for key in keys:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
+def formatTable(figures: Dict[str, Dict[str, Any]], servers: Sequence[str]) -> str:
+    names: List[str] = []
+    for server in servers:
+        names += [k for k in figures[server] if k not in names]
+    header = ["figure", *servers] + [f"{s}/{REFERENCE}" for s in servers
+                                      if s != REFERENCE and REFERENCE in servers]
+    rows = [header]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+        return f"{v:,}"
+
+    for name in names:
+        row = [name] + [fmt(figures[s].get(name)) for s in servers]
+        if REFERENCE in servers:
+            ref = figures[REFERENCE].get(name)
+            for s in servers:
+                if s == REFERENCE:
+                    continue
+                v = figures[s].get(name)
+                row.append(f"{v / ref:.2f}x" if v is not None and ref else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
+                                       for j, c in enumerate(row)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+# -- main ---------------------------------------------------------------------
+
+
+def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    def counts(text: str) -> List[int]:
+        return [int(x) for x in text.split(",") if x.strip() and int(x) > 0]
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
+    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--idle", type=int, default=10000, help="idle sessions held for KiB/session")
+    p.add_argument("--broadcast", type=counts, default=[1000, 10000], help="fan-out sizes")
+    p.add_argument("--big", type=counts, default=[100000],
+                   help="wsglue-only sessions held and broadcast to (needs --workers)")
+    p.add_argument("--echo", type=counts, default=[100, 1000], help="echo connection counts")
+    p.add_argument("--seconds", type=float, default=5.0, help="echo measuring time")
+    p.add_argument("--warmup", type=float, default=1.0, help="echo warm-up time")
+    p.add_argument("--messages", type=int, default=5, help="broadcasts per fan-out size")
+    p.add_argument("--payload", type=int, default=64, help="broadcast payload bytes")
+    p.add_argument("--broadcast-timeout", type=float, default=10.0)
+    p.add_argument("--loaders", type=int, default=4, help="load processes (at least)")
+    p.add_argument("--echo-loaders", type=int, default=2, help="load processes for echo")
+    p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
+    p.add_argument("--workers", type=int, default=1, help="wsglue --workers (with a Redis)")
+    p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
+    config = p.parse_args(argv)
+    if config.smoke:
+        config.repetitions, config.idle, config.broadcast, config.big = 1, 20, [5, 10], []
+        config.echo, config.seconds, config.warmup, config.messages = [2, 5], 0.5, 0.1, 2
+        config.loaders, config.concurrency = 2, 8
+    config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
+    for s in config.servers:
+        if s not in SERVERS:
+            p.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
+    if config.workers <= 1 and any(n > PER_PROCESS for n in config.big):
+        # One process may hold only 20,000 open files: more sessions than
+        # that need worker processes sharing the port.
+        sys.stderr.write(f"bench: --big {config.big} needs --workers > 1; skipped\n")
+        config.big = [n for n in config.big if n <= PER_PROCESS]
+    if config.repetitions < 1:
+        p.error("--repetitions must be 1 or more")
+    return config
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parseArgs(argv)
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # SIGTERM stops the bench like Ctrl-C: the finally clauses stop every
+    # process it started.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    ensureNodeModules(LOAD)
+    if "node" in config.servers:
+        ensureNodeModules(NODE_PEER)
+    runs: List[Dict[str, Any]] = []
+    commands: Dict[str, List[str]] = {}
+    t0 = time.monotonic()
+    for rep in range(config.repetitions):
+        for name in config.servers:
+            sys.stderr.write(f"bench: repetition {rep + 1}/{config.repetitions}: {name}\n")
+            server = Server(name, config)
+            commands[name] = [a for a in server.argv if a != TWISTD]
+            session = None
+            try:
+                session = Session(server, config, rep)
+                figures = session.run()
+            finally:
+                if session is not None:
+                    session.stop()
+                server.stop()
+            runs.append({"repetition": rep, "server": name, "figures": figures})
+    figures = {name: medians([r["figures"] for r in runs if r["server"] == name])
+               for name in config.servers}
+    ratios: Dict[str, Dict[str, Optional[float]]] = {}
+    if REFERENCE in figures:
+        for name in config.servers:
+            ratios[name] = {
+                k: (v / figures[REFERENCE][k] if v is not None and figures[REFERENCE].get(k) else None)
+                for k, v in figures[name].items()
+            }
+    result = {
+        "started": started,
+        "seconds": time.monotonic() - t0,
+        "command": ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])],
+        "machine": machine(),
+        "config": {k: v for k, v in vars(config).items()},
+        "servers": config.servers,
+        "server_commands": commands,
+        "expected": {name: expectedFigures(config, name) for name in config.servers},
+        "figures": figures,
+        "ratios_to_node": ratios,
+        "runs": runs,
+    }
+    os.makedirs(config.output, exist_ok=True)
+    path = os.path.join(config.output, f"{started}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(formatTable(figures, config.servers))
+    print(f"\nmedians of {config.repetitions} repetition(s); written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        sys.stderr.write(f"bench: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("bench: interrupted\n")
+        sys.exit(130)

@@ -1,0 +1,261 @@
+// One load-generator process of the wsglue bench.
+//
+// Usage: node loader.js HOST PORT SOURCE_ADDRESS
+//
+// The orchestrator (bench/__main__.py) starts several of these, each bound to
+// its own source address (127.0.0.2, 127.0.0.3, ...) because one address has
+// only ~28k ephemeral ports and one process may hold only 20,000 files.  It
+// sends one JSON command per line on stdin; each command is answered with
+// one JSON line on stdout.  Times are process.hrtime (CLOCK_MONOTONIC) in
+// milliseconds, the same clock in every process on the machine, so that a
+// broadcast sent by one loader can be timed as it reaches all of them.
+//
+// Commands:
+//   {"cmd":"open","n":N,"concurrency":C,"timeout":S}
+//       open N more idle connections with raw-socket handshakes (cheap: the
+//       loader must not be the bottleneck), C in flight at once.
+//   {"cmd":"arm","tag":T,"timeout":S}
+//       expect one message starting with T on every held connection; answer
+//       with the arrival times once all arrived or S seconds passed.
+//   {"cmd":"trigger","message":M}   send M on the first held connection.
+//   {"cmd":"closeall"}              close every held connection.
+//   {"cmd":"echo","n":N,"seconds":S,"warmup":W}
+//       N `ws` clients in a closed loop (ping, wait for pong, ping ...).
+//   {"cmd":"exit"}
+'use strict';
+
+const net = require('net');
+const readline = require('readline');
+const { WebSocket } = require('ws');
+
+const host = process.argv[2];
+const port = parseInt(process.argv[3], 10);
+const source = process.argv[4];
+
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+
+const REQUEST = Buffer.from(
+  `GET / HTTP/1.1\r\nHost: ${host}:${port}\r\nUpgrade: websocket\r\n` +
+  'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+  'Sec-WebSocket-Version: 13\r\n\r\n');
+const HEADER_END = Buffer.from('\r\n\r\n');
+
+// -- raw held connections ------------------------------------------------
+
+const held = [];          // open raw connections
+let armed = null;         // {tag, times, expected, timer}
+
+function maskedFrame(opcode, payload) {
+  // Client frames must be masked; a zero mask key is valid and costs nothing.
+  const len = payload.length;
+  if (len > 125) throw new Error('control/trigger frame too long');
+  const frame = Buffer.alloc(6 + len);
+  frame[0] = 0x80 | opcode;
+  frame[1] = 0x80 | len;
+  payload.copy(frame, 6);
+  return frame;
+}
+
+function onFrame(conn, opcode, payload) {
+  if (opcode === 0x1 || opcode === 0x2) {
+    if (armed !== null && !conn.got && payload.length >= armed.tag.length &&
+        payload.compare(armed.tag, 0, armed.tag.length, 0, armed.tag.length) === 0) {
+      conn.got = true;
+      armed.times.push(now());
+      if (armed.times.length >= armed.expected) finishArm();
+    }
+  } else if (opcode === 0x9) {
+    conn.sock.write(maskedFrame(0xA, payload));
+  } else if (opcode === 0x8) {
+    conn.sock.end(maskedFrame(0x8, payload.subarray(0, 2)));
+  }
+}
+
+function parseFrames(conn) {
+  let buf = conn.buf;
+  let off = 0;
+  for (let i = 0; i < 1e6; i++) {
+    if (buf.length - off < 2) break;
+    const opcode = buf[off] & 0x0f;
+    let len = buf[off + 1] & 0x7f;
+    let head = 2;
+    if (len === 126) {
+      if (buf.length - off < 4) break;
+      len = buf.readUInt16BE(off + 2); head = 4;
+    } else if (len === 127) {
+      if (buf.length - off < 10) break;
+      len = Number(buf.readBigUInt64BE(off + 2)); head = 10;
+    }
+    if (buf.length - off < head + len) break;
+    onFrame(conn, opcode, buf.subarray(off + head, off + head + len));
+    off += head + len;
+  }
+  conn.buf = off === buf.length ? EMPTY : buf.subarray(off);
+}
+const EMPTY = Buffer.alloc(0);
+
+function openOne(timeoutMs) {
+  return new Promise((resolve) => {
+    const started = now();
+    const conn = { sock: null, buf: EMPTY, open: false, got: false };
+    let settled = false;
+    const done = (ok) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (!ok) conn.sock.destroy();
+      resolve({ ok, started, opened: now() });
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    const sock = net.connect({ host, port, localAddress: source });
+    conn.sock = sock;
+    sock.setNoDelay(true);
+    sock.on('connect', () => sock.write(REQUEST));
+    sock.on('error', () => done(false));
+    sock.on('close', () => {
+      if (conn.open) {
+        conn.open = false;
+        const i = held.indexOf(conn);
+        if (i >= 0) held.splice(i, 1);
+      }
+      done(false);
+    });
+    sock.on('data', (chunk) => {
+      conn.buf = conn.buf.length ? Buffer.concat([conn.buf, chunk]) : chunk;
+      if (!conn.open) {
+        const end = conn.buf.indexOf(HEADER_END);
+        if (end < 0) return;
+        if (conn.buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101') return done(false);
+        conn.open = true;
+        held.push(conn);
+        conn.buf = conn.buf.subarray(end + 4);
+        done(true);
+      }
+      if (conn.buf.length) parseFrames(conn);
+    });
+  });
+}
+
+async function open(n, concurrency, timeoutS) {
+  const results = [];
+  let next = 0, failed = 0;
+  const worker = async () => {
+    while (next < n && failed < 100) {
+      next++;
+      const r = await openOne(timeoutS * 1000);
+      if (!r.ok) failed++;
+      results.push(r);
+    }
+  };
+  const t0 = now();
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, n)) }, worker));
+  let ok = 0, first = Infinity, last = 0;
+  for (const r of results) {
+    if (!r.ok) continue;
+    ok++;
+    if (r.started < first) first = r.started;
+    if (r.opened > last) last = r.opened;
+  }
+  return { ev: 'opened', ok, failed: n - ok, held: held.length, t0, t1: now(),
+           first: ok ? first : t0, last: ok ? last : t0 };
+}
+
+function finishArm() {
+  if (armed === null) return;
+  clearTimeout(armed.timer);
+  const a = armed;
+  armed = null;
+  reply({ ev: 'armed', tag: a.tag.toString(), expected: a.expected, times: a.times });
+}
+
+function arm(tag, timeoutS) {
+  for (const c of held) c.got = false;
+  armed = { tag: Buffer.from(tag), times: [], expected: held.length, timer: null };
+  armed.timer = setTimeout(finishArm, timeoutS * 1000);
+  if (held.length === 0) finishArm();
+}
+
+function closeAll() {
+  return new Promise((resolve) => {
+    const conns = held.splice(0);
+    let left = conns.length;
+    if (!left) return resolve();
+    const deadline = setTimeout(() => { for (const c of conns) c.sock.destroy(); resolve(); }, 10000);
+    for (const c of conns) {
+      c.open = false;
+      c.sock.once('close', () => { if (--left === 0) { clearTimeout(deadline); resolve(); } });
+      c.sock.end(maskedFrame(0x8, Buffer.from([0x03, 0xe8])));
+    }
+  });
+}
+
+// -- echo: ws clients in a closed loop -------------------------------------
+
+function echo(n, seconds, warmup) {
+  return new Promise((resolve) => {
+    const clients = [];
+    const lat = [];
+    let opened = 0, failed = 0, measuring = false, stopped = false, count = 0;
+    let tStart = 0, tEnd = 0;
+    const finish = () => {
+      stopped = true;
+      tEnd = now();
+      let closed = 0;
+      const total = clients.length;
+      const done = () => resolve({ ev: 'echo', opened, failed, count,
+                                   seconds: (tEnd - tStart) / 1000, lat });
+      const guard = setTimeout(() => { for (const c of clients) c.terminate(); done(); }, 5000);
+      for (const c of clients) {
+        c.once('close', () => { if (++closed === total) { clearTimeout(guard); done(); } });
+        c.close();
+      }
+      if (!total) { clearTimeout(guard); done(); }
+    };
+    const start = () => {
+      setTimeout(() => {
+        measuring = true; tStart = now();
+        setTimeout(finish, seconds * 1000);
+      }, warmup * 1000);
+      for (const c of clients) { c.sentAt = now(); c.send('ping'); }
+    };
+    const giveUp = setTimeout(() => { if (!stopped && opened + failed < n) start(); }, 20000);
+    for (let i = 0; i < n; i++) {
+      const c = new WebSocket(`ws://${host}:${port}/`, { localAddress: source, perMessageDeflate: false });
+      clients.push(c);
+      c.on('open', () => { if (++opened + failed === n) { clearTimeout(giveUp); start(); } });
+      c.on('error', () => { if (c.readyState !== WebSocket.OPEN && opened + ++failed === n) { clearTimeout(giveUp); start(); } });
+      c.on('message', () => {
+        const t = now();
+        if (measuring && !stopped) { count++; lat.push(Math.round((t - c.sentAt) * 1000) / 1000); }
+        if (!stopped) { c.sentAt = t; c.send('ping'); }
+      });
+    }
+  });
+}
+
+// -- commands --------------------------------------------------------------
+
+const rl = readline.createInterface({ input: process.stdin });
+let queue = Promise.resolve();
+rl.on('line', (line) => {
+  const cmd = JSON.parse(line);
+  queue = queue.then(async () => {
+    switch (cmd.cmd) {
+      case 'open': reply(await open(cmd.n, cmd.concurrency || 64, cmd.timeout || 10)); break;
+      case 'arm': arm(cmd.tag, cmd.timeout || 10); reply({ ev: 'arm-ok' }); break;
+      case 'trigger': {
+        const t = now();
+        if (held.length) held[0].sock.write(maskedFrame(0x1, Buffer.from(cmd.message)));
+        reply({ ev: 'triggered', t, sent: held.length > 0 });
+        break;
+      }
+      case 'closeall': await closeAll(); reply({ ev: 'closed' }); break;
+      case 'echo': reply(await echo(cmd.n, cmd.seconds, cmd.warmup)); break;
+      case 'exit': process.exit(0); break;
+      default: reply({ ev: 'error', error: `unknown command ${cmd.cmd}` });
+    }
+  });
+});
+rl.on('close', () => process.exit(0));
+reply({ ev: 'ready', pid: process.pid, source });

@@ -1,0 +1,123 @@
+"""
+The benchmark's tiny run (C{python -m bench --smoke}), so that the bench in
+C{bench/} never rots.  It asserts only that the bench ran and reported every
+figure; it never asserts how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any, Dict, List
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.common import ROOT
+
+SERVERS = ["wsglue", "websockets", "node"]
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: Deferred = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.out += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class BenchSmokeTests(TestCase):
+    """
+    C{python -m bench --smoke} starts wsglue, the Node peer and the
+    websockets peer, drives them and writes its figures as JSON.
+    """
+
+    timeout = 240  # a first run installs the npm dependencies
+
+    def setUp(self) -> None:
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            self.skipTest("the bench needs node and npm")
+
+    @inlineCallbacks
+    def runSmoke(self) -> Any:
+        """
+        Run the smoke bench in a child process; return its exit status, its
+        output and the JSON it wrote.
+        """
+        output = os.path.abspath(self.mktemp())
+        os.makedirs(output)
+        collect = _Collect()
+        transport = reactor.spawnProcess(
+            collect,
+            sys.executable,
+            [sys.executable, "-m", "bench", "--smoke", "--output", output],
+            env=dict(os.environ),
+            path=ROOT,
+        )
+
+        def stop() -> Deferred:
+            # SIGTERM makes the bench stop the servers and loaders it started.
+            if not collect.ended.called:
+                transport.signalProcess("TERM")
+                killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
+                collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
+            return collect.ended
+
+        self.addCleanup(stop)
+        status = yield collect.ended
+        files = os.listdir(output)
+        result: Dict[str, Any] = {}
+        if len(files) == 1:
+            with open(os.path.join(output, files[0])) as f:
+                result = json.load(f)
+        return status, collect.out.decode("utf-8", "replace"), files, result
+
+    @inlineCallbacks
+    def test_smokeRunWritesEveryFigure(self) -> Any:
+        """
+        The smoke run exits 0 and writes one JSON file holding, for each of
+        the three servers, every figure the bench promises as a number.
+        """
+        status, out, files, result = yield self.runSmoke()
+        self.assertEqual(status, 0, out)
+        self.assertEqual(len(files), 1, out)
+        self.assertEqual(result["servers"], SERVERS)
+        for server in SERVERS:
+            expected: List[str] = result["expected"][server]
+            self.assertIn("handshakes_per_s", expected)
+            self.assertIn("echo5_rt_per_s", expected)
+            self.assertIn("bcast10_last_ms", expected)
+            figures = result["figures"][server]
+            for name in expected:
+                self.assertIsInstance(figures.get(name), (int, float), f"{server} {name}: {out}")
+            self.assertEqual(
+                set(result["ratios_to_node"][server]), set(figures), f"{server} has no ratio for some figure"
+            )
+
+    @inlineCallbacks
+    def test_smokeRunReachesEveryClient(self) -> Any:
+        """
+        In the smoke run every server holds the idle sessions asked for,
+        delivers each broadcast to every client without a miss and answers
+        the echo clients; the table printed names each figure.
+        """
+        status, out, files, result = yield self.runSmoke()
+        self.assertEqual(status, 0, out)
+        for server in SERVERS:
+            figures = result["figures"][server]
+            self.assertEqual(figures["idle_sessions"], 20)
+            for size in (5, 10):
+                self.assertEqual(figures[f"bcast{size}_clients"], size)
+                self.assertEqual(figures[f"bcast{size}_missed"], 0)
+            self.assertEqual(figures["echo5_connections"], 5)
+            self.assertGreater(figures["echo5_rt_per_s"], 0)
+        for name in result["expected"]["wsglue"]:
+            self.assertIn(f"| {name} ", out)
+        self.assertIn("wsglue/node", out)
