@@ -52,7 +52,11 @@ class OriginPolicy:
         origin = origin.strip()
         if self._compiled:
             return self._matchesPattern(origin)
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            # Not a URL (e.g. "http://[::1"): a refusal, not a failed handshake.
+            return False
         scheme = parts.scheme.lower()
         if scheme != ("https" if secure else "http"):
             return False
