@@ -259,3 +259,79 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def handshakeRequest(
+    port: int, headers: Optional[Dict[str, str]] = None, path: str = "/"
+) -> bytes:
+    """
+    The bytes of a valid WebSocket opening handshake for 127.0.0.1:C{port},
+    with extra C{headers}.
+    """
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class RawPeer(protocol.Protocol):
+    """
+    A TCP client that writes what it is told and keeps every byte it gets:
+    for handshakes and frames that a polite client would never send.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred = Deferred()
+        self._waiting: List[Tuple[bytes, Deferred]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for item in list(self._waiting):
+            if item[0] in self.received:
+                self._waiting.remove(item)
+                item[1].callback(self.received)
+
+    def waitForBytes(self, text: bytes, timeout: float = 5) -> Deferred:
+        """
+        Fires with everything received once C{text} is among it.
+        """
+        d: Deferred = Deferred()
+        if text in self.received:
+            d.callback(self.received)
+            return d
+        self._waiting.append((text, d))
+        d.addTimeout(timeout, reactor)
+        return d
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for text, d in self._waiting:
+            if not d.called:
+                d.errback(ConnectionError(f"closed before {text!r}: {self.received[:200]!r}"))
+        self._waiting = []
+        self.lost.callback(self.received)
+
+
+def rawConnect(testCase: Any, port: int) -> Deferred:
+    """
+    Open a L{RawPeer} to 127.0.0.1:C{port}; it is aborted when the test ends.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    d = endpoint.connect(protocol.Factory.forProtocol(RawPeer))
+
+    def connected(peer: RawPeer) -> RawPeer:
+        def cleanup() -> Deferred:
+            if not peer.lost.called:
+                peer.transport.abortConnection()
+            return peer.lost
+
+        testCase.addCleanup(cleanup)
+        return peer
+
+    return d.addCallback(connected)

@@ -211,7 +211,9 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     site = makeSite(
         options["static"],
         factory,
-        timeout=options["handshake-timeout"] or None,
+        # The handshake deadline is absolute and bites first; the idle
+        # timeout is the backstop for kept-alive page connections.
+        timeout=60,
         handshakeTimeout=options["handshake-timeout"],
         reactor=reactor,
     )
