@@ -1,0 +1,121 @@
+"""
+Sample application handlers that the tests load with
+C{--handler tests.handlers_for_tests:NAME}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+
+from wsglue.registry import Message, SessionRegistry
+
+
+class HandlerError(Exception):
+    """
+    What the sample handlers raise on purpose.
+    """
+
+
+class Recorder:
+    """
+    Records every call, and answers according to the message:
+
+      - C{echo X}: returns C{echo: X};
+      - C{later X}: returns a Deferred that fires with C{later: X} on the
+        next reactor turn;
+      - C{now X}: returns an already-fired Deferred with C{now: X};
+      - C{none}: returns None (nothing is sent);
+      - C{boom}: raises L{HandlerError};
+      - C{fail}: returns a failed Deferred;
+      - C{session X}: sends C{X} to its whole session through the registry;
+      - C{close}: closes its connection with 4000;
+      - bytes: returns them reversed (a binary answer).
+    """
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+        self.events: List[Tuple[Any, ...]] = []
+
+    def opened(self, sid: str, conn: Any) -> None:
+        self.events.append(("opened", sid, conn))
+
+    def closed(self, sid: str, conn: Any) -> None:
+        self.events.append(("closed", sid, conn))
+
+    def received(self, sid: str, conn: Any, message: Message) -> Any:
+        self.events.append(("received", sid, conn, message))
+        if isinstance(message, bytes):
+            return message[::-1]
+        verb, _, rest = message.partition(" ")
+        if verb == "echo":
+            return "echo: " + rest
+        if verb == "later":
+            d: Deferred = Deferred()
+            reactor.callLater(0, d.callback, "later: " + rest)
+            return d
+        if verb == "now":
+            return succeed("now: " + rest)
+        if verb == "boom":
+            raise HandlerError("boom")
+        if verb == "fail":
+            return fail(HandlerError("fail"))
+        if verb == "session":
+            self.registry.send(sid, rest)
+            return None
+        if verb == "close":
+            conn.close(4000, "asked to close")
+            return None
+        return None
+
+
+class BrokenOpened(Recorder):
+    """
+    Raises in C{opened}; otherwise a L{Recorder}.
+    """
+
+    def opened(self, sid: str, conn: Any) -> None:
+        Recorder.opened(self, sid, conn)
+        raise HandlerError("opened")
+
+
+class BrokenClosed(Recorder):
+    """
+    Raises in C{closed}; otherwise a L{Recorder}.
+    """
+
+    def closed(self, sid: str, conn: Any) -> None:
+        Recorder.closed(self, sid, conn)
+        raise HandlerError("closed")
+
+
+class OnlyReceived:
+    """
+    A handler with C{received} alone: C{opened}/C{closed} are optional.
+    """
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+
+    def received(self, sid: str, conn: Any, message: Message) -> Optional[str]:
+        return "only"
+
+
+def makeRecorder(registry: SessionRegistry) -> Recorder:
+    """
+    A factory function (not a class) is a valid handler factory too.
+    """
+    return Recorder(registry)
+
+
+class Namespace:
+    """
+    Holds a handler one attribute deeper (C{Namespace.Inner}).
+    """
+
+    Inner = Recorder
+
+
+NOT_CALLABLE = 42
