@@ -60,8 +60,11 @@ class WebSocketService(Service):
         reactor: Any,
         drainTimeout: float = 3.0,
         handleSignals: bool = False,
+        announce: bool = True,
     ) -> None:
         self.endpoint = endpoint
+        # A worker of --workers N does not announce: its parent said it once.
+        self.announce = announce
         self.description = description
         self.site = site
         self.factory = factory
@@ -89,10 +92,13 @@ class WebSocketService(Service):
             self.privilegedStartService()
         Service.startService(self)
         secure = self.description.startswith(("ssl:", "tls:"))
-        _log.info(
-            "started websocket server at {url}",
-            url=describeAddress(self.port, secure),
-        )
+        if self.announce:
+            _log.info(
+                "started websocket server at {url}",
+                url=describeAddress(self.port, secure),
+            )
+        else:
+            _log.info("accepting connections at {url}", url=describeAddress(self.port, secure))
         if self.handleSignals:
             self.reactor.callWhenRunning(self._installSignalHandlers)
 

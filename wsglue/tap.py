@@ -73,6 +73,7 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "max-connections-per-session": count,
     "max-messages-per-second": seconds,
     "max-send-buffer": count,
+    "workers": count,
 }
 
 
@@ -101,6 +102,8 @@ class Options(usage.Options):
         ["max-connections-per-session", None, 32, "Tabs per session; a further one is closed with 1008; 0 off."],
         ["max-messages-per-second", None, 0, "Messages per connection (token bucket); a flood is closed with 1008; 0 off."],
         ["max-send-buffer", None, 1048576, "Unsent bytes per connection; a peer that stops reading is cut off; 0 off."],
+        ["redis", None, None, "redis://[:password@]host:port/db: the registry spans every process and host on that Redis."],
+        ["workers", None, 1, "Processes sharing the listening port; more than 1 requires --redis."],
     ]
 
     optFlags: List[List[Any]] = [
@@ -122,6 +125,8 @@ class Options(usage.Options):
         self["allowed-origin"].append(pattern.strip())
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        # The command line as given: --workers N starts each worker with it.
+        self["argv"] = list(sys.argv[1:] if options is None else options)
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
@@ -160,6 +165,27 @@ class Options(usage.Options):
             except KeyFileError as e:
                 raise usage.UsageError(str(e))
 
+        self["redis-url"] = None
+        if self["redis"] is not None:
+            from wsglue.redisurl import BadRedisURL, parseRedisURL
+
+            try:
+                self["redis-url"] = parseRedisURL(self["redis"])
+            except BadRedisURL as e:
+                raise usage.UsageError(f"--redis {self['redis']!r} is not a valid Redis URL: {e}")
+        if self["workers"] < 1:
+            raise usage.UsageError(f"--workers must be 1 or more, not {self['workers']}")
+        if self["workers"] > 1:
+            from wsglue.workers import adoptable
+
+            if self["redis"] is None:
+                raise usage.UsageError(f"--workers {self['workers']} > 1 requires --redis")
+            if not adoptable(self["port"]):
+                raise usage.UsageError(
+                    f"--workers {self['workers']} > 1 needs a tcp: or unix: --port, not {self['port']!r}"
+                    " (terminate TLS in front of wsglue, or run one process per ssl: port)"
+                )
+
         if self["handler"] is None:
             self["handler-factory"] = PingPong
         else:
@@ -185,7 +211,39 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
 
-    registry = SessionRegistry()
+    workers = options.get("workers", 1)
+    if workers > 1:
+        # The parent of --workers N only binds the port and runs the
+        # workers, each a whole wsglue on the adopted socket.
+        from wsglue.workers import WorkerPool
+
+        pool = WorkerPool(
+            endpoints.serverFromString(reactor, options["port"]),
+            options["port"],
+            options["argv"],
+            workers,
+            reactor,
+            handleSignals=handleSignals,
+        )
+        pool.setName("workers")
+        top = MultiService()
+        pool.setServiceParent(top)
+        return top
+
+    from wsglue.workers import watchParent, workerEndpoint
+
+    adopted = workerEndpoint(reactor) if handleSignals else None
+    if options.get("redis-url") is not None:
+        from wsglue.cluster import ClusterRegistry
+
+        registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor)
+        # Each process sends the demo broadcast to its own connections only,
+        # so each connection gets one per interval whatever the number of
+        # processes and hosts.
+        demoBroadcast = registry.broadcastLocal
+    else:
+        registry = SessionRegistry()
+        demoBroadcast = registry.broadcast
     limits = Limits(
         maxConnections=options["max-connections"],
         maxConnectionsPerIp=options["max-connections-per-ip"],
@@ -219,15 +277,26 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     )
 
     top = MultiService()
-    endpoint = endpoints.serverFromString(reactor, options["port"])
+    if options.get("redis-url") is not None:
+        from wsglue.cluster import RedisService
+
+        # Before the listener: services stop in reverse order, so Redis is
+        # left only after every connection has closed.
+        RedisService(registry).setServiceParent(top)
+    if adopted is not None:
+        endpoint = adopted
+        watchParent(reactor)
+    else:
+        endpoint = endpoints.serverFromString(reactor, options["port"])
     listener = WebSocketService(
-        endpoint, options["port"], site, factory, reactor, handleSignals=handleSignals
+        endpoint, options["port"], site, factory, reactor, handleSignals=handleSignals,
+        announce=adopted is None,
     )
     listener.setName("websocket")
     listener.setServiceParent(top)
     if options["broadcast-interval"]:
         timer = TimerService(
-            options["broadcast-interval"], registry.broadcast, options["broadcast-message"]
+            options["broadcast-interval"], demoBroadcast, options["broadcast-message"]
         )
         timer.clock = reactor
         timer.setName("broadcast")

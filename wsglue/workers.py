@@ -1,0 +1,329 @@
+"""
+C{--workers N}: one parent process binds the listening socket once and runs
+N worker processes that adopt it; the kernel hands each new connection to
+whichever worker accepts it first.
+
+The parent serves no connection itself.  It says where it listens, starts
+the workers (C{twistd -n wsglue} with the parent's own options, told by two
+environment variables which inherited file descriptor to adopt), relays
+their log lines, restarts a worker that dies (with backoff), and on SIGTERM
+or SIGINT stops them all (each closes its WebSockets with 1001) and exits 0.
+
+A worker watches its standard input, a pipe from the parent: if the parent
+dies without stopping it, the pipe closes and the worker stops too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Dict, List, Mapping, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer, protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger, eventAsText
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsglue.service import CannotListen, describeAddress
+
+_log = Logger()
+
+# How the parent tells a worker what to adopt.
+FD_VARIABLE = "_WSGLUE_WORKER_FD"
+FAMILY_VARIABLE = "_WSGLUE_WORKER_FAMILY"
+INHERITED_FD = 3
+
+# twistd's entry point, run by this Python in a worker.
+_TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+# Ports a worker can adopt: the parent binds them with a plain socket.
+ADOPTABLE = ("tcp", "tcp6", "unix")
+
+
+def adoptable(description: str) -> bool:
+    """
+    Whether the endpoint C{description} can be bound once and shared by
+    workers (TCP or UNIX sockets; TLS is not, see the README).
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    return kind in ADOPTABLE or kind.isdigit()
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """
+    A server endpoint whose C{listen} adopts an already listening socket
+    (inherited from the parent) instead of binding one.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.family = family
+
+    def listen(self, factory: Any) -> Deferred:
+        try:
+            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        except Exception:
+            return defer.fail()
+        # adoptStreamPort works on a copy of the descriptor.
+        os.close(self.fd)
+        return defer.succeed(port)
+
+
+def workerEndpoint(reactor: Any, environ: Mapping[str, str] = os.environ) -> Optional[AdoptedEndpoint]:
+    """
+    In a worker, the endpoint adopting the parent's socket; otherwise None.
+    """
+    fd = environ.get(FD_VARIABLE)
+    if not fd:
+        return None
+    return AdoptedEndpoint(reactor, int(fd), int(environ.get(FAMILY_VARIABLE, socket.AF_INET)))
+
+
+class _ParentWatch(protocol.Protocol):
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            _log.warn("the parent process is gone; stopping")
+            self.reactor.stop()
+
+
+def watchParent(reactor: Any) -> None:
+    """
+    Stop this worker when its standard input (the pipe from the parent)
+    closes, so that a parent killed with SIGKILL leaves no orphan behind.
+    """
+    from twisted.internet import stdio
+
+    # Our stdout stays with the log observer; StandardIO only reads stdin.
+    sink = os.open(os.devnull, os.O_WRONLY)
+    stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=sink, reactor=reactor)
+
+
+def workerLogObserver() -> Any:
+    """
+    The log observer of a worker (C{twistd --logger}): plain lines on
+    stdout, without timestamps, for the parent to relay under its own.
+    """
+    out = sys.stdout
+
+    def observe(event: Dict[str, Any]) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        if text is not None:
+            level = event.get("log_level")
+            name = getattr(level, "name", "info")
+            for line in text.splitlines():
+                out.write(f"{name} {line}\n")
+            out.flush()
+
+    return observe
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.pid: Optional[int] = None
+        self.ended: Deferred = Deferred()
+        self.startedAt = pool.reactor.seconds()
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._relay(line)
+        if len(self._buffer) > 65536:
+            self._relay(self._buffer)
+            self._buffer = b""
+
+    def _relay(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        if not text:
+            return
+        level, _, rest = text.partition(" ")
+        emit = {"warn": _log.warn, "error": _log.error, "critical": _log.critical}.get(level)
+        if emit is None:
+            emit = _log.info
+            if level not in ("info", "debug"):
+                rest = text
+        emit("[worker {pid}] {line}", pid=self.pid, line=rest)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._buffer:
+            self._relay(self._buffer)
+            self._buffer = b""
+        value = reason.value
+        status = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        self.pool.workerEnded(self, status, sig)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Bind C{endpoint} once, and keep C{count} workers serving it.
+
+    @ivar workers: the running workers' protocols, by index.
+    """
+
+    port: Optional[IListeningPort] = None
+    stopTimeout = 10.0
+    maxRestartDelay = 30.0
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        argv: List[str],
+        count: int,
+        reactor: Any,
+        handleSignals: bool = False,
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.argv = argv
+        self.count = count
+        self.reactor = reactor
+        self.handleSignals = handleSignals
+        self.environ = dict(os.environ if environ is None else environ)
+        self.workers: Dict[int, _WorkerProtocol] = {}
+        self._failures: Dict[int, int] = {}
+        self._restarts: Dict[int, Any] = {}
+        self._stopping = False
+
+    def privilegedStartService(self) -> None:
+        # Bind before privileges are shed and before the reactor runs, so a
+        # port that cannot be bound ends start-up at once, as without workers.
+        results: list = []
+        self.endpoint.listen(_NoConnections()).addBoth(results.append)
+        if not results or isinstance(results[0], Failure):
+            why = results[0].getErrorMessage() if results else "did not complete"
+            raise CannotListen(f"wsglue: cannot listen on {self.description}: {why}")
+        self.port = results[0]
+        # The parent only holds the socket; the workers accept.
+        self.port.stopReading()
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        Service.startService(self)
+        secure = self.description.startswith(("ssl:", "tls:"))
+        _log.info(
+            "started websocket server at {url}",
+            url=describeAddress(self.port, secure),
+            workers=self.count,
+        )
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+        if self.handleSignals:
+            self.reactor.callWhenRunning(self._installSignalHandlers)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self._stopping:
+            return
+        family = getattr(self.port, "addressFamily", socket.AF_INET)
+        env = dict(self.environ)
+        env[FD_VARIABLE] = str(INHERITED_FD)
+        env[FAMILY_VARIABLE] = str(int(family))
+        argv = [
+            sys.executable, "-c", _TWISTD,
+            "--nodaemon", "--pidfile=", "--logger=wsglue.workers.workerLogObserver",
+            "wsglue", *self.argv, "--workers=1",
+        ]
+        proto = _WorkerProtocol(self, index)
+        self.reactor.spawnProcess(
+            proto, sys.executable, argv, env=env, path=os.getcwd(),
+            childFDs={0: "w", 1: "r", 2: "r", INHERITED_FD: self.port.fileno()},
+        )
+        self.workers[index] = proto
+        _log.info("started worker {index} (pid {pid})", index=index, pid=proto.pid)
+
+    def workerEnded(self, proto: _WorkerProtocol, status: Optional[int], sig: Optional[int]) -> None:
+        """
+        A worker exited: log it and, unless we are stopping, start another
+        in its place after a delay that grows while workers keep dying young.
+        """
+        index = proto.index
+        if self.workers.get(index) is proto:
+            del self.workers[index]
+        how = f"signal {signal.Signals(sig).name}" if sig else f"status {status}"
+        if self._stopping:
+            _log.info("worker {index} (pid {pid}) stopped ({how})", index=index, pid=proto.pid, how=how)
+            return
+        lived = self.reactor.seconds() - proto.startedAt
+        failures = 0 if lived > self.maxRestartDelay else self._failures.get(index, 0) + 1
+        self._failures[index] = failures
+        delay = min(0.5 * 2 ** (failures - 1), self.maxRestartDelay) if failures else 0.5
+        _log.warn(
+            "worker {index} (pid {pid}) exited ({how}); restarting it in {delay:.1f}s",
+            index=index, pid=proto.pid, how=how, delay=delay,
+        )
+        self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def _installSignalHandlers(self) -> None:
+        # As in WebSocketService: a stop on SIGTERM/SIGINT is a clean exit.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stopOnSignal)
+
+    def _stopOnSignal(self, signum: int, frame: Any) -> None:
+        _log.info("received {name}, stopping the workers", name=signal.Signals(signum).name)
+        self.reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        self._stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        workers = list(self.workers.values())
+        for proto in workers:
+            _signal(proto, "TERM")
+        if workers:
+            waiting = defer.DeferredList([p.ended for p in workers])
+            waiting.addTimeout(self.stopTimeout, self.reactor)
+            try:
+                yield waiting
+            except defer.TimeoutError:
+                for proto in list(self.workers.values()):
+                    _log.warn("worker pid {pid} did not stop in time; killing it", pid=proto.pid)
+                    _signal(proto, "KILL")
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+
+
+def _signal(proto: _WorkerProtocol, name: str) -> None:
+    try:
+        proto.transport.signalProcess(name)
+    except Exception:
+        pass  # already gone
+
+
+class _NoConnections(protocol.Factory):
+    noisy = False
+
+    # The parent never accepts (it stops reading at once); should a
+    # connection slip through, it is closed rather than served.
+    def buildProtocol(self, addr: Any) -> None:
+        return None
