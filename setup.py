@@ -22,6 +22,9 @@ setup(
         "Twisted[tls]>=23.10.0",
         "autobahn>=23.1.2",
         "service-identity>=21.1.0",
+        # --redis: pure Python on Twisted alone, small enough to always ship
+        # (1.6 keeps its connections with ClientService: backoff, reconnect).
+        "txredisapi>=1.6.0",
     ],
     extras_require={
         "test": [
