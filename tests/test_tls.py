@@ -1,0 +1,235 @@
+"""
+Tests for TLS (C{--port ssl:…}) end to end, with a throwaway certificate:
+C{wss://} from a Python client and from headless Chromium, the C{Secure}
+cookie flag, and what C{--trust-proxy} takes from a reverse proxy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import sys
+from typing import Any, Dict, Optional, Tuple
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.trial.unittest import TestCase
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from tests.common import Client, connect, serve
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--ignore-certificate-errors",
+]
+
+
+def makeCertificate(folder: str) -> Tuple[str, str, bytes]:
+    """
+    A self-signed certificate for C{localhost} and C{127.0.0.1}, valid for
+    a day, written to C{folder}.
+
+    @return: the key path, the certificate path and the certificate PEM.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(folder, exist_ok=True)
+    keyPath = os.path.join(folder, "key.pem")
+    certPath = os.path.join(folder, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    os.chmod(keyPath, 0o600)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    with open(certPath, "wb") as f:
+        f.write(pem)
+    return keyPath, certPath, pem
+
+
+def connectTLS(
+    testCase: Any, port: int, pem: bytes, headers: Optional[Dict[str, str]] = None
+) -> Deferred:
+    """
+    Open a C{wss://} connection to 127.0.0.1:C{port}, trusting only the
+    certificate C{pem} (and checking it names C{localhost}).
+    """
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    factory = WebSocketClientFactory(f"wss://localhost:{port}/", headers=headers or {})
+    factory.protocol = Client
+    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
+    context = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pem))
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, context, timeout=5)
+
+    def opened(client: Client) -> Deferred:
+        def cleanup() -> Deferred:
+            if not client.closed.called:
+                client.dropConnection(abort=True)
+            return client.closed
+
+        testCase.addCleanup(cleanup)
+        return client.opened
+
+    return endpoint.connect(factory).addCallback(opened)
+
+
+# Run in a child process: open the page over https in headless Chromium,
+# connect, send ping, print what #output shows.
+BROWSER_SCRIPT = r"""
+import sys
+from playwright.sync_api import sync_playwright
+url, chromium, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=flags, headless=True)
+    try:
+        page = browser.new_page(ignore_https_errors=True)
+        page.set_default_timeout(15000)
+        page.goto(url)
+        page.click("#connect")
+        page.wait_for_function("document.querySelector('#output').value.includes('Connected!')")
+        page.click("#sendMessage")
+        page.wait_for_function("document.querySelector('#output').value.includes('<== pong')")
+        print("OUTPUT:" + page.eval_on_selector("#output", "e => e.value").replace("\n", "|"))
+    finally:
+        browser.close()
+"""
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class TLSTests(TestCase):
+    """
+    C{--port ssl:…} end to end.
+    """
+
+    def setUp(self) -> None:
+        self.keyPath, self.certPath, self.pem = makeCertificate(self.mktemp())
+        self.running = serve(
+            self,
+            "--port",
+            f"ssl:0:interface=127.0.0.1:privateKey={self.keyPath}:certKey={self.certPath}",
+        )
+
+    @inlineCallbacks
+    def test_wssPongAndSecureCookie(self) -> None:
+        """
+        A C{wss://} client that checks the certificate gets C{pong}, and its
+        new session cookie carries C{Secure}.
+        """
+        client = yield connectTLS(self, self.running.port, self.pem)
+        self.assertIn("; Secure", client.setCookie)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+
+    @inlineCallbacks
+    def test_chromiumPageOverHttps(self) -> None:
+        """
+        Headless Chromium opens the page over https, the page connects with
+        C{wss://} and shows C{pong} for its C{ping}.
+        """
+        if not os.path.exists(CHROMIUM):
+            raise self.skipTest(f"{CHROMIUM} is not installed")
+        collect = _Collect()
+        url = f"https://127.0.0.1:{self.running.port}/"
+        process = reactor.spawnProcess(
+            collect,
+            sys.executable,
+            [sys.executable, "-c", BROWSER_SCRIPT, url, CHROMIUM, *CHROMIUM_FLAGS],
+            env=dict(os.environ),
+        )
+
+        def kill() -> Deferred:
+            if not collect.ended.called:
+                process.signalProcess("KILL")
+            return collect.ended
+
+        self.addCleanup(kill)
+        killer = reactor.callLater(60, kill)
+        status = yield collect.ended
+        if killer.active():
+            killer.cancel()
+        output = collect.output.decode("utf-8", "replace")
+        self.assertEqual(status, 0, output)
+        shown = output.split("OUTPUT:", 1)[1].strip().split("|")
+        self.assertIn(f"Connecting to: wss://127.0.0.1:{self.running.port}/", shown)
+        self.assertIn("Connected!", shown)
+        self.assertIn("<== pong", shown)
+
+
+class TrustProxyTests(TestCase):
+    """
+    C{X-Forwarded-Proto} makes the cookie C{Secure} only with
+    C{--trust-proxy}.
+    """
+
+    @inlineCallbacks
+    def test_forwardedProtoTrusted(self) -> None:
+        """
+        With C{--trust-proxy}, C{X-Forwarded-Proto: https} on a plain
+        connection makes the new cookie C{Secure}.
+        """
+        running = serve(self, "--trust-proxy", "--allowed-origin", "*")
+        client = yield connect(self, running.port, headers={"X-Forwarded-Proto": "https"})
+        self.assertIn("; Secure", client.setCookie)
+
+    @inlineCallbacks
+    def test_forwardedProtoIgnored(self) -> None:
+        """
+        Without C{--trust-proxy}, C{X-Forwarded-Proto: https} changes
+        nothing: the cookie of a plain connection is not C{Secure}.
+        """
+        running = serve(self, "--allowed-origin", "*")
+        client = yield connect(self, running.port, headers={"X-Forwarded-Proto": "https"})
+        self.assertNotIn("Secure", client.setCookie)
+
+    @inlineCallbacks
+    def test_plainConnectionNotSecure(self) -> None:
+        """
+        With C{--trust-proxy} but no C{X-Forwarded-Proto}, a plain
+        connection's cookie is not C{Secure}.
+        """
+        running = serve(self, "--trust-proxy")
+        client = yield connect(self, running.port)
+        self.assertNotIn("Secure", client.setCookie)
