@@ -233,3 +233,54 @@ class TrustProxyTests(TestCase):
         running = serve(self, "--trust-proxy")
         client = yield connect(self, running.port)
         self.assertNotIn("Secure", client.setCookie)
+
+
+class SlowConsumerOverTLSTests(TestCase):
+    """
+    The send-buffer limit sees what waits below the TLS layer too.
+    """
+
+    @inlineCallbacks
+    def test_slowTLSClientCutOff(self) -> None:
+        """
+        A C{wss://} client that stops reading while broadcasts flood is
+        closed with 1008, and the server never holds more than the limit
+        plus one message for it.
+        """
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+        from twisted.internet.task import deferLater
+
+        from tests.common import RawPeer, handshakeRequest, waitFor
+        from wsglue.limits import bufferedBytes
+        from wsglue.registry import prepare
+
+        keyPath, certPath, pem = makeCertificate(self.mktemp())
+        limit, size = 131072, 32768
+        running = serve(
+            self,
+            "--port",
+            f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}",
+            "--max-send-buffer",
+            str(limit),
+        )
+        context = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pem))
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", running.port, context, timeout=5)
+        peer = yield endpoint.connect(protocol.Factory.forProtocol(RawPeer))
+        self.addCleanup(lambda: peer.lost.called or peer.transport.abortConnection())
+        peer.transport.write(handshakeRequest(running.port))
+        yield peer.waitForBytes(b"\r\n\r\n")
+        peer.transport.transport.pauseProducing()
+        yield waitFor(lambda: len(running.registry) == 1)
+        conn = running.registry.connections(running.registry.sessions()[0])[0]
+
+        peak = 0
+        for _ in range(2000):
+            if running.factory.limits.counters["closed_send_buffer"]:
+                break
+            peak = max(peak, bufferedBytes(conn.transport))
+            running.registry.broadcast("x" * size)
+            yield deferLater(reactor, 0.002, lambda: None)
+        self.assertEqual(conn.localCloseCode, 1008)
+        self.assertLessEqual(peak, limit + len(prepare("x" * size).payloadHybi) + 1024)
+        self.assertGreater(peak, limit // 2)
+        yield waitFor(lambda: len(running.registry) == 0, timeout=10)
