@@ -27,7 +27,7 @@ from tests.handlers_for_tests import Recorder
 from tests.test_registry import FakeConnection
 from wsglue.cookies import SessionCookies
 from wsglue.origin import OriginPolicy
-from wsglue.protocol import GlueServerFactory, GlueServerProtocol
+from wsglue.protocol import GlueServerFactory, GlueServerProtocol, forLog
 from wsglue.tap import makeService
 
 GOOD = "0123456789abcdef0123456789abcdef01234567"
@@ -585,3 +585,34 @@ class BroadcastTimerTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(conn.received(), [])
         self.assertRaises(KeyError, service.getServiceNamed, "broadcast")
+
+
+class ForLogTests(SynchronousTestCase):
+    """
+    L{forLog}: how C{--verbose} shows a message.
+    """
+
+    def test_textAsItIs(self) -> None:
+        """
+        Text appears without quotes, as SPEC section 9 shows (C{<== ping}).
+        """
+        self.assertEqual(forLog("ping"), "ping")
+        self.assertEqual(forLog("h\xe9 ok"), "h\xe9 ok")
+
+    def test_controlCharactersEscaped(self) -> None:
+        """
+        A newline or escape sequence cannot start a forged log line.
+        """
+        self.assertEqual(forLog("a\nsession opened: x\x1b"), "a\\nsession opened: x\\x1b")
+
+    def test_long(self) -> None:
+        """
+        Long text is cut.
+        """
+        self.assertEqual(forLog("x" * 1000, limit=10), "x" * 10 + "...")
+
+    def test_binary(self) -> None:
+        """
+        Binary messages appear as their length.
+        """
+        self.assertEqual(forLog(b"\x00\x01\x02"), "<3 bytes>")

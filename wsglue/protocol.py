@@ -32,6 +32,22 @@ STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 
 
+def forLog(message: Message, limit: int = 200) -> str:
+    """
+    How a message appears in C{--verbose} logs: text as it is (C{ping}, as
+    SPEC section 9 shows), but with control characters escaped so a client
+    cannot forge log lines, and cut at C{limit} characters; binary as its
+    length.
+    """
+    if isinstance(message, str):
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+            for c in message[:limit]
+        )
+        return text + ("..." if len(message) > limit else "")
+    return f"<{len(message)} bytes>"
+
+
 class GlueServerProtocol(WebSocketServerProtocol):
     """
     One browser connection.
@@ -102,7 +118,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
             return
         message: Message = payload if isBinary else payload.decode("utf-8")
         if factory.verbose:
-            _log.info("<== {message!r} from {sid}", message=message, sid=shortId(self.sid))
+            _log.info("<== {message} from {sid}", message=forLog(message), sid=shortId(self.sid))
         factory.handler.received(self.sid, self, message)
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
@@ -135,7 +151,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         else:
             raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
         if self.factory.verbose:
-            _log.info("==> {message!r}", message=message)
+            _log.info("==> {message}", message=forLog(message))
         return True
 
     def sendPrepared(self, prepared: PreparedMessage) -> bool:
