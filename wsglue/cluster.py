@@ -173,10 +173,11 @@ class IRedisLink:
         Any other command on the command connection.
         """
 
-    def subscribe(self, channels: List[str]) -> None:
+    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
         """
-        SUBSCRIBE, if the subscriber connection is up (otherwise the
-        channels are subscribed when it comes up).
+        SUBSCRIBE, if the subscriber connection is up, returning a Deferred
+        that fires once Redis confirmed it; otherwise None (the channels are
+        subscribed when the connection comes up).
         """
 
     def unsubscribe(self, channels: List[str]) -> None:
@@ -316,9 +317,18 @@ class ClusterRegistry(SessionRegistry):
     def add(self, sid: str, conn: IConnection) -> bool:
         isNew = SessionRegistry.add(self, sid, conn)
         if isNew:
-            self.link.subscribe([self.sessionChannel(sid)])
-            self._presence("SADD", sid)
+            subscribed = self.link.subscribe([self.sessionChannel(sid)])
+            if subscribed is None:
+                self._presence("SADD", sid)
+            else:
+                # Announce the session only once its channel is subscribed:
+                # whoever sees it in Redis can then reach it.
+                subscribed.addCallback(self._announce, sid)
         return isNew
+
+    def _announce(self, _: Any, sid: str) -> None:
+        if sid in self:
+            self._presence("SADD", sid)
 
     def remove(self, sid: str, conn: IConnection) -> bool:
         closed = SessionRegistry.remove(self, sid, conn)
@@ -645,9 +655,12 @@ class TxRedisLink:
             return defer.fail(RedisUnavailable("not connected"))
         return conn.execute_command(*args)
 
-    def subscribe(self, channels: List[str]) -> None:
+    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
         if self._subscriber is not None and self._subscriber.connected:
-            self._subscriber.subscribe(channels).addErrback(lambda f: None)
+            d = self._subscriber.subscribe(channels)
+            d.addErrback(lambda f: None)
+            return d
+        return None
 
     def unsubscribe(self, channels: List[str]) -> None:
         if self._subscriber is not None and self._subscriber.connected:
