@@ -59,6 +59,7 @@ def _number(kind: Callable[[str], Any], what: str) -> Callable[[str, Any], Any]:
 
 seconds = _number(float, "must be a number of seconds, 0 or more")
 count = _number(int, "must be a whole number, 0 or more")
+rate = _number(float, "must be a number, 0 or more")
 
 # Options whose value is checked and converted in postOptions, so that a bad
 # value is reported with the option's name.
@@ -71,7 +72,7 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "max-connections": count,
     "max-connections-per-ip": count,
     "max-connections-per-session": count,
-    "max-messages-per-second": seconds,
+    "max-messages-per-second": rate,
     "max-send-buffer": count,
     "workers": count,
 }
