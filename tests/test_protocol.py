@@ -375,6 +375,16 @@ class MessageTests(ProtocolTestCase):
         frames = self.frames(transport)
         self.assertEqual([(op, closeCode(p)) for op, p in frames], [(8, 1009)])
 
+    def test_noTimerLeftAfterFailure(self) -> None:
+        """
+        Once a connection failed for invalid UTF-8 is lost, it leaves no
+        timer behind (Autobahn's closing-handshake timer is cancelled).
+        """
+        proto, transport, _ = self.connect()
+        proto.dataReceived(clientFrame(1, b"\xff"))
+        self.disconnect(proto)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_exactSizeAccepted(self) -> None:
         """
         A message of exactly C{maxMessageSize} bytes is handled.

@@ -118,10 +118,19 @@ class GlueServerProtocol(WebSocketServerProtocol):
             return
         message: Message = payload if isBinary else payload.decode("utf-8")
         if factory.verbose:
-            _log.info("<== {message} from {sid}", message=forLog(message), sid=shortId(self.sid))
+            # Not "message": twisted.logger's legacy bridge owns that key.
+            _log.info("<== {text} from {sid}", text=forLog(message), sid=shortId(self.sid))
         factory.handler.received(self.sid, self, message)
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        # Autobahn does not cancel its closing-handshake timer when the TCP
+        # connection is lost (it drops the connection right after sending
+        # e.g. 1007), so a dead connection would hold a timer for
+        # closeHandshakeTimeout seconds.
+        pending = self.closeHandshakeTimeoutCall
+        if pending is not None:
+            self.closeHandshakeTimeoutCall = None
+            pending.cancel()
         if self._admitted is not None:
             self.factory.limits.release(self._admitted)
             self._admitted = None
@@ -151,7 +160,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         else:
             raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
         if self.factory.verbose:
-            _log.info("==> {message}", message=forLog(message))
+            _log.info("==> {text}", text=forLog(message))
         return True
 
     def sendPrepared(self, prepared: PreparedMessage) -> bool:
