@@ -1,0 +1,247 @@
+"""
+Tests for C{--workers N}: the adopted socket in this process, and a real
+parent with real worker processes serving real clients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any, Dict, List, Set
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
+from tests.redis_server import startRedis
+from tests.test_cluster import HANDLER, ask, askUntil
+from wsglue.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
+
+STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
+
+
+class AdoptableTests(SynchronousTestCase):
+    """
+    Which ports workers can share.
+    """
+
+    def test_tcpAndUnix(self) -> None:
+        """
+        TCP (v4, v6, bare port numbers) and UNIX sockets can be shared.
+        """
+        for description in ["tcp:9998", "tcp:0:interface=127.0.0.1", "tcp6:9998", "unix:/tmp/s", "9998"]:
+            self.assertTrue(adoptable(description), description)
+
+    def test_notTLS(self) -> None:
+        """
+        TLS ports cannot: the workers would each need the TLS layer.
+        """
+        self.assertFalse(adoptable("ssl:443:privateKey=k.pem"))
+
+    def test_workerEndpointFromEnvironment(self) -> None:
+        """
+        A process started as a worker adopts the descriptor and family its
+        environment names; any other process adopts nothing.
+        """
+        self.assertIsNone(workerEndpoint(reactor, {}))
+        endpoint = workerEndpoint(reactor, {FD_VARIABLE: "3", FAMILY_VARIABLE: str(int(socket.AF_INET6))})
+        self.assertEqual((endpoint.fd, endpoint.family), (3, socket.AF_INET6))
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class Collect(protocol.Protocol):
+    def __init__(self) -> None:
+        self.got: Deferred = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.got.called:
+            self.got.callback(data)
+
+
+class AdoptedEndpointTests(TestCase):
+    """
+    L{AdoptedEndpoint} on a socket bound in this process.
+    """
+
+    @inlineCallbacks
+    def test_servesTheAdoptedSocket(self) -> Any:
+        """
+        Listening on an adopted, already bound socket serves connections
+        made to its port.
+        """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(5)
+        s.setblocking(False)
+        self.addCleanup(s.close)
+        port = yield AdoptedEndpoint(reactor, os.dup(s.fileno()), socket.AF_INET).listen(
+            protocol.Factory.forProtocol(Echo)
+        )
+        self.addCleanup(port.stopListening)
+        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", s.getsockname()[1]).connect(
+            protocol.Factory.forProtocol(Collect)
+        )
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(b"hello")
+        self.assertEqual((yield client.got), b"hello")
+
+
+def workerPids(output: str) -> Dict[int, int]:
+    """
+    The latest pid of each worker index, from the parent's log.
+    """
+    pids: Dict[int, int] = {}
+    for index, pid in STARTED.findall(output):
+        pids[int(index)] = int(pid)
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not serving; look at its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class WorkerPoolTests(TestCase):
+    """
+    C{twistd -n wsglue --workers 2 --redis URL} with real clients.
+    """
+
+    timeout = 90
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.redis = yield startRedis(self)
+        self.port = freePort()
+        self.parent = spawnDaemon(self, [
+            "--port", f"tcp:{self.port}:interface=127.0.0.1", "--redis", self.redis.url,
+            "--workers", "2", "--handler", HANDLER, "--broadcast-interval", "0",
+        ])
+        yield self.parent.waitForOutput("started websocket server at")
+        yield waitFor(lambda: self.parent.output.count("subscribed at") >= 2, timeout=20)
+        self.workers = workerPids(self.parent.output)
+        # Should the parent be killed, its workers must not outlive the test.
+        self.addCleanup(self.reapWorkers)
+
+    @inlineCallbacks
+    def reapWorkers(self) -> Any:
+        pids = set(workerPids(self.parent.output).values())
+        self.parent.stop()
+        yield waitFor(lambda: self.parent.ended.called, timeout=15)
+        yield waitFor(lambda: not any(alive(p) for p in pids), timeout=15)
+
+    @inlineCallbacks
+    def client(self, sid: str = "") -> Any:
+        headers = {"Cookie": f"CookieName={sid}"} if sid else {}
+        client = yield connect(self, self.port, headers=headers)
+        client.sid = sid or cookieValue(client.setCookie)
+        client.pid = int((yield ask(client, "pid")).split()[1])
+        return client
+
+    @inlineCallbacks
+    def clientsOnEveryWorker(self, sid: str = "", limit: int = 60) -> Any:
+        """
+        Connect until the clients cover every worker (at most C{limit}).
+        """
+        clients: Dict[int, Any] = {}
+        for _ in range(limit):
+            c = yield self.client(sid)
+            if c.pid in clients:
+                c.dropConnection(abort=True)
+                yield c.closed
+            else:
+                clients[c.pid] = c
+            if len(clients) == len(self.workers):
+                break
+        return clients
+
+    @inlineCallbacks
+    def test_connectionsSpread(self) -> Any:
+        """
+        Connections are served by both workers, never by the parent, and the
+        parent says where it listens once.
+        """
+        clients = yield self.clientsOnEveryWorker()
+        self.assertEqual(set(clients), set(self.workers.values()))
+        self.assertNotIn(self.parent.pid, clients)
+        self.assertEqual(self.parent.output.count("started websocket server at"), 1)
+
+    @inlineCallbacks
+    def test_behaveAsOne(self) -> Any:
+        """
+        Tabs of one session on different workers all receive a send issued
+        on either worker, once each.
+        """
+        first = yield self.client()
+        tabs = yield self.clientsOnEveryWorker(first.sid)
+        self.assertEqual(set(tabs), set(self.workers.values()))
+        everyTab = [first, *tabs.values()]
+        control = yield self.client()
+        yield askUntil(control, f"has {first.sid}", "has True")
+        onControlsWorker = sum(1 for tab in everyTab if tab.pid == control.pid)
+        reply = yield ask(control, f"send {first.sid} to every tab")
+        self.assertEqual(reply, f"sent {onControlsWorker}")
+        for tab in everyTab:
+            self.assertEqual((yield tab.nextMessage()), "to every tab")
+        # And no second copy: the next thing each tab hears is its answer.
+        for tab in everyTab:
+            self.assertEqual((yield ask(tab, "ping")), "pong")
+
+    @inlineCallbacks
+    def test_killedWorkerRestarted(self) -> Any:
+        """
+        A worker killed with SIGKILL is restarted under a new pid; the
+        other worker keeps serving its clients meanwhile.
+        """
+        clients = yield self.clientsOnEveryWorker()
+        victim, survivor = self.workers[1], self.workers[2]
+        os.kill(victim, 9)
+        yield clients[victim].closed
+        self.assertEqual((yield ask(clients[survivor], "ping")), "pong")
+        yield self.parent.waitForOutput(f"worker 1 (pid {victim}) exited (signal SIGKILL)")
+        yield waitFor(lambda: workerPids(self.parent.output).get(1, victim) != victim, timeout=20)
+        newcomer = workerPids(self.parent.output)[1]
+        yield waitFor(lambda: self.parent.output.count("subscribed at") >= 3, timeout=20)
+        self.workers = workerPids(self.parent.output)
+        again = yield self.clientsOnEveryWorker()
+        self.assertEqual(set(again), {newcomer, survivor})
+
+    @inlineCallbacks
+    def test_sigtermStopsAll(self) -> Any:
+        """
+        SIGTERM on the parent closes every client of every worker with 1001,
+        stops the workers, and the parent exits 0.
+        """
+        clients = yield self.clientsOnEveryWorker()
+        self.parent.signal("TERM")
+        codes = yield defer.gatherResults([c.closed for c in clients.values()])
+        self.assertEqual([code for code, reason in codes], [1001, 1001])
+        yield waitFor(lambda: self.parent.ended.called, timeout=15)
+        self.assertEqual(self.parent.ended.result, 0, self.parent.output)
+        for index, pid in self.workers.items():
+            self.assertIn(f"worker {index} (pid {pid}) stopped (status 0)", self.parent.output)
+
+    @inlineCallbacks
+    def test_parentKilledWorkersFollow(self) -> Any:
+        """
+        If the parent dies without stopping its workers (SIGKILL), they
+        notice and stop: no orphan keeps the port.
+        """
+        self.parent.signal("KILL")
+        yield waitFor(lambda: self.parent.ended.called, timeout=15)
+        pids = list(self.workers.values())
+        yield waitFor(lambda: not any(alive(p) for p in pids), timeout=15)
