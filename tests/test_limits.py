@@ -448,3 +448,4 @@ class HalfOpenEndToEndTests(TestCase):
             lambda f: self.fail(f"{openSockets()} sockets open, {before} before")
         )
         self.assertEqual(running.factory.limits.counters["dropped_handshake_timeout"], 1000)
+        yield waitFor(lambda: running.factory.limits.connections == 0)

@@ -83,3 +83,4 @@ class SlowConsumerTests(TestCase):
             received.append(message[:6])
         self.assertEqual(received, sent)
         self.assertEqual(running.registry.sessions(), [normalSid])
+        self.assertEqual(limits.connections, 1)
