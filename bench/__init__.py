@@ -1,0 +1,3 @@
+"""
+The wsglue benchmark: run it with C{python -m bench} (see C{bench/__main__.py}).
+"""

@@ -336,9 +336,9 @@ class Server:
         self.child = Child(name, argv, env=env)
         self.child.waitForLine(ready, 30)
         if name == "wsglue" and config.workers > 1:
-            # Every worker says where it listens; wait for all of them.
-            for _ in range(config.workers - 1):
-                self.child.waitForLine(ready, 30)
+            # The parent only binds; each worker says when it accepts.
+            for _ in range(config.workers):
+                self.child.waitForLine("accepting connections at", 30)
 
     def pids(self) -> List[int]:
         pids = descendants(self.child.pid)
@@ -423,6 +423,13 @@ class Session:
         Broadcast C{config.messages} times to every held connection; the
         medians of the per-message figures are kept under C{label}.
         """
+        profiler = self.profile(label)
+        try:
+            self._broadcast(size, label)
+        finally:
+            self.stopProfile(profiler)
+
+    def _broadcast(self, size: int, label: str) -> None:
         held = self.held()
         per: Dict[str, List[float]] = {k: [] for k in ("first_ms", "p50_ms", "p99_ms", "last_ms", "missed")}
         meter = CpuMeter(self.server.pids, self.loadPids)
@@ -468,8 +475,38 @@ class Session:
                 break
             time.sleep(0.05)
 
+    def profile(self, label: str) -> Optional[Child]:
+        """
+        With C{--profile DIR}, record the wsglue processes with py-spy
+        during one phase (collapsed stacks in C{DIR/<label>.txt}).
+        """
+        if not self.config.profile or self.server.name != "wsglue":
+            return None
+        os.makedirs(self.config.profile, exist_ok=True)
+        pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        out = os.path.join(self.config.profile, f"{label}-r{self.rep}.txt")
+        child = Child("py-spy", [pyspy, "record", "--format", "raw", "--subprocesses", "--nonblocking",
+                                 "--rate", "200", "-o", out, "--pid", str(self.server.child.pid)])
+        time.sleep(0.5)  # let py-spy attach before the phase starts
+        return child
+
+    def stopProfile(self, child: Optional[Child]) -> None:
+        if child is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGINT)
+            try:
+                child.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                child.stop()
+
     def echo(self, n: int) -> None:
         label = f"echo{n}"
+        profiler = self.profile(label)
+        try:
+            self._echo(n, label)
+        finally:
+            self.stopProfile(profiler)
+
+    def _echo(self, n: int, label: str) -> None:
         loaders = self.loaders[: max(1, min(self.config.echo_loaders, len(self.loaders)))]
         meter = CpuMeter(self.server.pids, lambda: [l.pid for l in loaders])
         for loader, share in zip(loaders, split(n, len(loaders))):
@@ -643,6 +680,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--echo-loaders", type=int, default=2, help="load processes for echo")
     p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
     p.add_argument("--workers", type=int, default=1, help="wsglue --workers (with a Redis)")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
     if config.smoke:

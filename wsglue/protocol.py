@@ -144,6 +144,31 @@ class GlueServerProtocol(WebSocketServerProtocol):
         factory.handler.closed(sid, self)
         factory.connectionGone()
 
+    # -- the hot path -------------------------------------------------------
+    #
+    # Autobahn builds the arguments of debug log lines on every read and
+    # write even when debug logging is off, and fires an observer event
+    # (Deferreds included) for every message; wsglue registers no observers.
+    # These overrides skip that work on the common path and defer to
+    # Autobahn for everything else.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        if sync or chopsize or self.send_queue or self.logOctets or self.state != STATE_OPEN:
+            WebSocketServerProtocol.sendData(self, data, sync, chopsize)
+        else:
+            self.transport.write(data)
+
+    def onMessageEnd(self) -> None:
+        if self._listeners:
+            WebSocketServerProtocol.onMessageEnd(self)
+            return
+        if not self.failedByMe:
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
+
     # -- the conn interface -------------------------------------------------
 
     def send(self, message: Message) -> bool:
@@ -153,10 +178,13 @@ class GlueServerProtocol(WebSocketServerProtocol):
         """
         if self.state != STATE_OPEN or self._sendBufferFull():
             return False
+        # A frame built by PreparedMessage goes out with one transport
+        # write; sendMessage would walk Autobahn's fragmentation and
+        # compression machinery for each small message.
         if isinstance(message, str):
-            self.sendMessage(message.encode("utf-8"), False)
+            self.sendPreparedMessage(PreparedMessage(message.encode("utf-8"), False, False, True))
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self.sendMessage(bytes(message), True)
+            self.sendPreparedMessage(PreparedMessage(bytes(message), True, False, True))
         else:
             raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
         if self.factory.verbose:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsglue.fastwrite import useImmediateWrites
 from wsglue.protocol import GlueServerFactory
 
 _log = Logger()
@@ -85,6 +86,9 @@ class WebSocketService(Service):
                 f"wsglue: cannot listen on {self.description}: {result.getErrorMessage()}"
             )
         self.port = result
+        # Writes go to the kernel at once instead of on the next reactor
+        # turn (see wsglue.fastwrite).
+        useImmediateWrites(result)
         Service.privilegedStartService(self)
 
     def startService(self) -> None:

@@ -1,0 +1,72 @@
+"""
+A TCP transport that hands data to the kernel at once.
+
+Twisted's TCP transport buffers every C{write} and registers the socket for
+writability (C{epoll_ctl}), sends on the next reactor turn, then
+unregisters it (another C{epoll_ctl}).  For a WebSocket server that answers
+small messages and fans one frame out to thousands of sockets that costs
+two extra system calls per write, and a broadcast reaches its first client
+only after the loop over all of them has finished.  L{ImmediateWriteServer}
+tries C{send()} right away when nothing is buffered and falls back to
+Twisted's buffering for whatever the kernel does not take, so ordering,
+flow control (producers) and connection loss behave as before.
+
+L{useImmediateWrites} switches a listening TCP port to it.
+"""
+
+from __future__ import annotations
+
+from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
+from typing import Any, Iterable
+
+from twisted.internet import tcp
+
+_RETRY_LATER = (EAGAIN, EWOULDBLOCK, ENOBUFS)
+
+
+class ImmediateWriteServer(tcp.Server):
+    """
+    A L{tcp.Server} whose C{write} sends at once when its buffer is empty.
+    """
+
+    def write(self, data: bytes) -> None:
+        # Anything already buffered must go first, TLS started on this
+        # transport has its own layer, and a closed or half-closed
+        # transport drops data: Twisted's own write handles all of those.
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or self.TLS
+            or not self.connected
+            or self._writeDisconnected
+            or not data
+        ):
+            tcp.Server.write(self, data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError as e:
+            if e.errno not in _RETRY_LATER:
+                # Let the reactor's doWrite meet the error and report the
+                # connection lost the usual way.
+                tcp.Server.write(self, data)
+                return
+            sent = 0
+        if sent < len(data):
+            tcp.Server.write(self, data[sent:] if sent else data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+
+def useImmediateWrites(port: Any) -> bool:
+    """
+    Make the connections that listening C{port} accepts from now on use
+    L{ImmediateWriteServer}.  Ports that are not plain TCP are left alone.
+
+    @return: whether C{port} was switched.
+    """
+    if isinstance(port, tcp.Port) and port.transport is tcp.Server:
+        port.transport = ImmediateWriteServer
+        return True
+    return False
