@@ -237,13 +237,15 @@ def badOpcode(draw: Any) -> Case:
 def reservedBits(draw: Any) -> Case:
     rsv = draw(st.integers(1, 7))
     opcode = draw(st.sampled_from([1, 2, 9]))
-    return "reserved bits", frame(opcode, b"ping", rsv=rsv), PROTOCOL_ERROR, False
+    payload = draw(TEXT).encode("utf-8")
+    return "reserved bits", frame(opcode, payload, rsv=rsv), PROTOCOL_ERROR, False
 
 
 @st.composite
 def unmasked(draw: Any) -> Case:
     opcode = draw(st.sampled_from([1, 2, 9, 10]))
-    return "unmasked", frame(opcode, b"ping", mask=False), PROTOCOL_ERROR, False
+    payload = draw(TEXT).encode("utf-8")
+    return "unmasked", frame(opcode, payload, mask=False), PROTOCOL_ERROR, False
 
 
 @st.composite
@@ -316,10 +318,14 @@ def badCloseBody(draw: Any) -> Case:
 
 @st.composite
 def interleaved(draw: Any) -> Case:
+    first, second = draw(TEXT).encode("utf-8"), draw(TEXT).encode("utf-8")
     if draw(st.booleans()):
-        return "continuation without a start", frame(0, b"ping"), PROTOCOL_ERROR, False
-    second = draw(st.sampled_from([1, 2]))
-    data = frame(1, b"pi", fin=False) + frame(second, b"ng")
+        data = frame(0, first, fin=draw(st.booleans()))
+        return "continuation without a start", data, PROTOCOL_ERROR, False
+    start = draw(st.sampled_from([1, 2]))
+    # A ping between the fragments is allowed; a new data frame is not.
+    ping = frame(9, b"p") if draw(st.booleans()) else b""
+    data = frame(start, first, fin=False) + ping + frame(draw(st.sampled_from([1, 2])), second)
     return "new message inside a fragmented one", data, PROTOCOL_ERROR, False
 
 
