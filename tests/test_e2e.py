@@ -8,14 +8,17 @@ from __future__ import annotations
 import os
 from typing import Any, List
 
-from twisted.internet import reactor
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.common import (
     ROOT,
+    Client,
     connect,
     cookieValue,
     freePort,
@@ -26,6 +29,72 @@ from tests.common import (
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
+
+
+def selfSignedPem(path: str) -> bytes:
+    """
+    Write a key and a self-signed certificate for 127.0.0.1 to C{path} (the
+    form C{ssl:...:privateKey=} reads); return the certificate's PEM.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certPem = cert.public_bytes(serialization.Encoding.PEM)
+    keyPem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with open(path, "wb") as f:
+        f.write(keyPem + certPem)
+    return certPem
+
+
+def connectTLS(testCase: TestCase, port: int, certPem: bytes, headers: dict) -> Any:
+    """
+    Like L{tests.common.connect}, over TLS, trusting C{certPem}.
+    """
+    factory = WebSocketClientFactory(f"wss://127.0.0.1:{port}/", headers=headers)
+    factory.protocol = Client
+    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
+    trust = ssl.Certificate.loadPEM(certPem)
+    endpoint = wrapClientTLS(
+        ssl.optionsForClientTLS("127.0.0.1", trustRoot=trust),
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5),
+    )
+
+    def opened(client: Client) -> Any:
+        def cleanup() -> Any:
+            if not client.closed.called:
+                client.dropConnection(abort=True)
+            return client.closed
+
+        testCase.addCleanup(cleanup)
+        return client.opened
+
+    return endpoint.connect(factory).addCallback(opened)
 
 RECORDER = "tests.handlers_for_tests:Recorder"
 
@@ -639,3 +708,74 @@ class DaemonTests(TestCase):
         self.assertNotEqual(status, 0)
         self.assertIn("WSGLUE_VERBOSE", daemon.output)
         self.assertNotIn("Traceback", daemon.output)
+
+
+class TLSTests(TestCase):
+    """
+    C{--port ssl:...}: the page and the WebSocket over TLS.
+    """
+
+    @inlineCallbacks
+    def test_secureCookieOverTLS(self) -> None:
+        """
+        Over an C{ssl:} endpoint a real TLS client is served, the page's own
+        C{https} origin is accepted, and the cookie is C{Secure}.
+        """
+        pem = os.path.abspath(self.mktemp())
+        certPem = selfSignedPem(pem)
+        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+        client = yield connectTLS(
+            self, running.port, certPem, {"Origin": f"https://127.0.0.1:{running.port}"}
+        )
+        self.assertTrue(client.setCookie.endswith("; HttpOnly; SameSite=Lax; Secure"))
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+
+    @inlineCallbacks
+    def test_plainOriginRefusedOverTLS(self) -> None:
+        """
+        Over TLS an C{http} origin is not the page's origin: refused.
+        """
+        pem = os.path.abspath(self.mktemp())
+        certPem = selfSignedPem(pem)
+        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+        d = connectTLS(self, running.port, certPem, {"Origin": f"http://127.0.0.1:{running.port}"})
+        yield self.assertFailure(d, ConnectionError)
+
+
+class PingTests(TestCase):
+    """
+    C{--ping-interval} and C{--ping-timeout}, through Autobahn's auto-ping.
+    """
+
+    @inlineCallbacks
+    def test_silentPeerDropped(self) -> None:
+        """
+        A peer that never answers the server's ping is pinged and then
+        dropped, and its session is gone.
+        """
+        running = serve(self, "--ping-interval", "0.2", "--ping-timeout", "0.2")
+        peer = yield rawConnect(self, running.port)
+        peer.transport.write(handshakeRequest(running.port))
+        yield peer.waitForBytes(b"\r\n\r\n")
+        yield waitFor(lambda: running.registry.connectionCount == 1)
+        received = yield peer.lost.addTimeout(8, reactor)
+        frames = received.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(frames[:1], b"\x89")
+        yield waitFor(lambda: running.registry.connectionCount == 0)
+
+    @inlineCallbacks
+    def test_answeringPeerKept(self) -> None:
+        """
+        A client that answers pings (as every browser does) stays connected
+        past the ping timeout.
+        """
+        running = serve(self, "--ping-interval", "0.2", "--ping-timeout", "0.2")
+        client = yield connect(self, running.port)
+        pings = []
+        original = client.onPing
+        client.onPing = lambda payload: (pings.append(payload), original(payload))
+        yield waitFor(lambda: len(pings) >= 2, timeout=8)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        self.assertFalse(client.closed.called)

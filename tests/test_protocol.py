@@ -544,6 +544,23 @@ class LifecycleTests(ProtocolTestCase):
         self.clock.advance(3)
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
+    def test_autoPingSubSecond(self) -> None:
+        """
+        Sub-second ping interval and timeout are kept as given, not rounded
+        to whole seconds: the ping goes at 0.5 s and the silent peer is
+        dropped 0.5 s later, not before.
+        """
+        factory = self.makeFactory(pingInterval=0.5, pingTimeout=0.5)
+        proto, transport, _ = self.connect(factory=factory)
+        self.clock.advance(0.4)
+        self.assertEqual(self.frames(transport), [])
+        self.clock.advance(0.1)
+        self.assertEqual([op for op, _ in self.frames(transport)], [9])
+        self.clock.advance(0.4)
+        self.assertFalse(transport.disconnecting or transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
     def test_autoPingAnswered(self) -> None:
         """
         A peer that answers the ping with a pong is kept.

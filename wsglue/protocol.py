@@ -48,6 +48,37 @@ def forLog(message: Message, limit: int = 200) -> str:
     return f"<{len(message)} bytes>"
 
 
+class _Timer:
+    """
+    A timer of L{_ExactTimer}: cancelling it after it fired is harmless, as
+    Autobahn expects of its timers.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class _ExactTimer:
+    """
+    Autobahn's protocol timers (opening and closing handshake, auto-ping) on
+    the factory's reactor, at the times asked for.
+
+    Autobahn's default batched timer (txaio) rounds every deadline down to a
+    whole second: a C{--ping-timeout} under a second dropped every peer at
+    once, and a 1-second one fired anywhere between 0 and 1 second.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _Timer:
+        return _Timer(self._reactor.callLater(delay, func, *args, **kwargs))
+
+
 class GlueServerProtocol(WebSocketServerProtocol):
     """
     One browser connection.
@@ -258,6 +289,7 @@ class GlueServerFactory(WebSocketServerFactory):
         limits: Optional[Limits] = None,
     ) -> None:
         WebSocketServerFactory.__init__(self, server="wsglue", reactor=reactor)
+        self._batched_timer = _ExactTimer(self.reactor)
         self.registry = registry if registry is not None else SessionRegistry()
         self.cookies = cookies if cookies is not None else SessionCookies()
         self.origins = origins if origins is not None else OriginPolicy()
