@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks

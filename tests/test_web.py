@@ -7,7 +7,7 @@ the path is sent exactly as written (no client normalises C{..} away).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
