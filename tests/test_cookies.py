@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from wsglue.cookies import MAX_COOKIE_HEADER, SessionCookies, newSessionId, shortId
@@ -272,3 +274,43 @@ class SignedTests(SynchronousTestCase):
         value = rotated.valueFor(GOOD)
         self.assertEqual(SessionCookies(keys=[b"new"]).sessionFromValue(value), GOOD)
         self.assertIsNone(SessionCookies(keys=[b"old"]).sessionFromValue(value))
+
+
+class PropertyTests(SynchronousTestCase):
+    """
+    Properties of the parser over generated headers.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=300))
+    def test_anyHeader(self, header: str) -> None:
+        """
+        Any header whatever gives either no session or a well-formed id; it
+        never raises.
+        """
+        sid = SessionCookies().sessionFromHeader(header)
+        if sid is not None:
+            self.assertRegex(sid, r"\A[0-9a-f]{40}\Z")
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
+                    lambda n: n != "CookieName"
+                ),
+                st.from_regex(r"[A-Za-z0-9._-]{0,20}", fullmatch=True),
+            ),
+            max_size=5,
+        ),
+        st.integers(min_value=0, max_value=5),
+        st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    )
+    def test_ourCookieAmongOthers(self, others: list, position: int, sid: str) -> None:
+        """
+        A well-formed session cookie anywhere among other well-formed
+        cookies names the session.
+        """
+        pairs = [f"{name}={value}" for name, value in others]
+        pairs.insert(min(position, len(pairs)), f"CookieName={sid}")
+        self.assertEqual(SessionCookies().sessionFromHeader("; ".join(pairs)), sid)
