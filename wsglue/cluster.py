@@ -552,7 +552,8 @@ class ClusterRegistry(SessionRegistry):
             self._presenceDirty = True
             return None
         d = defer.gatherResults(ds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        # Report the command's own failure, not gatherResults' wrapper.
+        d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
         self._tolerate(d)
         return None
 
@@ -570,10 +571,10 @@ class ClusterRegistry(SessionRegistry):
         d.addErrback(self._unavailable)
         return d
 
-    def _unavailable(self, f: Failure) -> None:
+    def _unavailable(self, f: Failure) -> Failure:
         if f.check(RedisUnavailable):
             return f
-        raise RedisUnavailable(f.getErrorMessage())
+        return Failure(RedisUnavailable(f.getErrorMessage()))
 
 
 def _strings(values: Iterable[Any]) -> List[str]:
