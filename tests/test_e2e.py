@@ -779,3 +779,25 @@ class PingTests(TestCase):
         client.send("ping")
         self.assertEqual((yield client.nextMessage()), "pong")
         self.assertFalse(client.closed.called)
+
+
+class ExampleTests(TestCase):
+    """
+    The shipped example handler, run as the README shows.
+    """
+
+    @inlineCallbacks
+    def test_clockPushesTime(self) -> None:
+        """
+        C{--handler wsglue.examples.clock:Clock} greets a new connection with
+        its short session id and then pushes the time on its own.
+        """
+        running = serve(self, "--handler", "wsglue.examples.clock:Clock")
+        client = yield connect(self, running.port)
+        sid = cookieValue(client.setCookie)
+        self.assertEqual((yield client.nextMessage()), f"hello {sid[:8]}")
+        pushed = yield client.nextMessage()
+        self.assertRegex(pushed, r"\Atime \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
+        client.send("time")
+        answer = yield client.nextMessage()
+        self.assertTrue(answer.startswith("time "), answer)
