@@ -13,11 +13,13 @@ from typing import Any, Dict, List, Set
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
 from tests.test_cluster import HANDLER, ask, askUntil
+from wsglue.tap import Options
 from wsglue.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
 
 STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
@@ -28,18 +30,29 @@ class AdoptableTests(SynchronousTestCase):
     Which ports workers can share.
     """
 
-    def test_tcpAndUnix(self) -> None:
+    def test_tcp(self) -> None:
         """
-        TCP (v4, v6, bare port numbers) and UNIX sockets can be shared.
+        TCP ports (v4, v6, bare port numbers) can be shared.
         """
-        for description in ["tcp:9998", "tcp:0:interface=127.0.0.1", "tcp6:9998", "unix:/tmp/s", "9998"]:
+        for description in ["tcp:9998", "tcp:0:interface=127.0.0.1", "tcp6:9998", "9998"]:
             self.assertTrue(adoptable(description), description)
 
-    def test_notTLS(self) -> None:
+    def test_notTLSNorUnix(self) -> None:
         """
-        TLS ports cannot: the workers would each need the TLS layer.
+        TLS ports cannot (the workers would each need the TLS layer), nor
+        UNIX sockets (a worker closing its port would unlink the path).
         """
         self.assertFalse(adoptable("ssl:443:privateKey=k.pem"))
+        self.assertFalse(adoptable("unix:/tmp/wsglue.sock"))
+
+    def test_refusedClearly(self) -> None:
+        """
+        C{--workers 2} on a port workers cannot share is one clear error.
+        """
+        exc = self.assertRaises(UsageError, Options().parseOptions,
+                                ["--workers", "2", "--redis", "redis://h/0", "--port", "unix:/tmp/wsglue.sock"])
+        self.assertEqual(str(exc), "--workers 2 > 1 needs a tcp: --port, not 'unix:/tmp/wsglue.sock'"
+                         " (the workers share one TCP socket; terminate TLS in front of them)")
 
     def test_workerEndpointFromEnvironment(self) -> None:
         """

@@ -183,8 +183,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--workers {self['workers']} > 1 requires --redis")
             if not adoptable(self["port"]):
                 raise usage.UsageError(
-                    f"--workers {self['workers']} > 1 needs a tcp: or unix: --port, not {self['port']!r}"
-                    " (terminate TLS in front of wsglue, or run one process per ssl: port)"
+                    f"--workers {self['workers']} > 1 needs a tcp: --port, not {self['port']!r}"
+                    " (the workers share one TCP socket; terminate TLS in front of them)"
                 )
 
         if self["handler"] is None:

@@ -41,14 +41,16 @@ INHERITED_FD = 3
 # twistd's entry point, run by this Python in a worker.
 _TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
-# Ports a worker can adopt: the parent binds them with a plain socket.
-ADOPTABLE = ("tcp", "tcp6", "unix")
+# Ports a worker can adopt: the parent binds them with a plain socket.  Not
+# unix: (Twisted unlinks the socket's path whenever any worker's port
+# closes) and not ssl: (each worker would need its own TLS layer).
+ADOPTABLE = ("tcp", "tcp6")
 
 
 def adoptable(description: str) -> bool:
     """
     Whether the endpoint C{description} can be bound once and shared by
-    workers (TCP or UNIX sockets; TLS is not, see the README).
+    workers: TCP only (see L{ADOPTABLE}).
     """
     kind = description.split(":", 1)[0].strip().lower()
     return kind in ADOPTABLE or kind.isdigit()
