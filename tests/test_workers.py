@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
+from tests.common import ROOT, connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
 from tests.test_cluster import HANDLER, ask, askUntil
 from wsglue.tap import Options
@@ -258,3 +258,43 @@ class WorkerPoolTests(TestCase):
         yield waitFor(lambda: self.parent.ended.called, timeout=15)
         pids = list(self.workers.values())
         yield waitFor(lambda: not any(alive(p) for p in pids), timeout=15)
+
+
+class WorkerStartTests(TestCase):
+    """
+    Starting C{--workers N} the other ways a user would.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_withoutRedisUnderTwistd(self) -> Any:
+        """
+        Under twistd, C{--workers 2} without C{--redis} is one line on
+        stderr and exit status 2.
+        """
+        daemon = spawnDaemon(self, ["--port", f"tcp:{freePort()}:interface=127.0.0.1", "--workers", "2"])
+        yield waitFor(lambda: daemon.ended.called, timeout=20)
+        self.assertEqual(daemon.ended.result, 2)
+        self.assertEqual(daemon.output.strip(), "wsglue: error: --workers 2 > 1 requires --redis")
+
+    @inlineCallbacks
+    def test_glueTac(self) -> Any:
+        """
+        C{twistd -ny glue.tac} with C{WSGLUE_WORKERS=2} and C{WSGLUE_REDIS}
+        runs two workers.
+        """
+        redis = yield startRedis(self)
+        port = freePort()
+        parent = spawnDaemon(self, [], tac=os.path.join(ROOT, "glue.tac"), env={
+            "WSGLUE_PORT": f"tcp:{port}:interface=127.0.0.1", "WSGLUE_REDIS": redis.url,
+            "WSGLUE_WORKERS": "2", "WSGLUE_HANDLER": HANDLER, "WSGLUE_BROADCAST_INTERVAL": "0",
+        })
+        yield waitFor(lambda: parent.output.count("subscribed at") >= 2, timeout=20)
+        workers = set(workerPids(parent.output).values())
+        self.assertEqual(len(workers), 2)
+        client = yield connect(self, port)
+        self.assertIn(int((yield ask(client, "pid")).split()[1]), workers)
+        parent.signal("TERM")
+        yield waitFor(lambda: parent.ended.called and not any(alive(p) for p in workers), timeout=20)
+        self.assertEqual(parent.ended.result, 0, parent.output)
