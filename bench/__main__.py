@@ -531,7 +531,11 @@ class Session:
         rampMeter = CpuMeter(self.server.pids, self.loadPids)
         sizes = sorted(set(config.broadcast) | {config.idle})
         for size in sizes:
-            self.rampTo(size)
+            profiler = self.profile(f"ramp{size}")
+            try:
+                self.rampTo(size)
+            finally:
+                self.stopProfile(profiler)
             if size == config.idle:
                 self.idle("idle", baseline)
             if size in config.broadcast:

@@ -1,0 +1,177 @@
+"""
+The performance measures keep behaviour intact: writes that go to the kernel
+at once (L{wsglue.fastwrite}) and what the protocol drops or skips once a
+WebSocket is open.  How fast they are is measured by the bench
+(C{python -m bench}), never here.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.common import connect, serve
+from wsglue.fastwrite import ImmediateWriteServer, useImmediateWrites
+from wsglue.protocol import _LazyPformat
+
+
+class _FakePort:
+    _realPortNumber = 0
+
+
+def _transport(testCase: Any, sendBuffer: int = 0) -> Any:
+    """
+    An L{ImmediateWriteServer} on one end of a real socket pair, on a
+    L{MemoryReactor}, and the other end (non-blocking) to read from.
+    """
+    ours, theirs = socket.socketpair()
+    testCase.addCleanup(ours.close)
+    testCase.addCleanup(theirs.close)
+    if sendBuffer:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+    theirs.setblocking(False)
+    memory = MemoryReactor()
+    transport = ImmediateWriteServer(ours, Protocol(), ("127.0.0.1", 1), _FakePort(), 0, memory)
+    return transport, theirs, memory
+
+
+def _readAll(sock: socket.socket) -> bytes:
+    chunks: List[bytes] = []
+    for _ in range(100000):
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ImmediateWriteTests(SynchronousTestCase):
+    """
+    L{ImmediateWriteServer} sends at once when nothing is buffered and keeps
+    Twisted's buffering (and its order) for the rest.
+    """
+
+    def test_writeReachesThePeerAtOnce(self) -> None:
+        """
+        A write on a transport with an empty buffer is in the peer's socket
+        before the reactor runs, and the transport does not ask the reactor
+        to tell it when it can write.
+        """
+        transport, theirs, memory = _transport(self)
+        transport.write(b"hello")
+        self.assertEqual(_readAll(theirs), b"hello")
+        self.assertNotIn(transport, memory.getWriters())
+        self.assertEqual(transport._tempDataLen, 0)
+
+    def test_remainderIsBufferedInOrder(self) -> None:
+        """
+        What the kernel does not take is buffered; later writes queue behind
+        it, and the peer receives everything in the order written.
+        """
+        transport, theirs, memory = _transport(self, sendBuffer=4096)
+        big = bytes(range(256)) * 4096  # 1 MiB, more than the socket takes
+        transport.write(big)
+        self.assertIn(transport, memory.getWriters())
+        buffered = transport._tempDataLen
+        self.assertGreater(buffered, 0)
+        transport.write(b"tail")
+        self.assertEqual(transport._tempDataLen, buffered + 4)
+        received = [_readAll(theirs)]
+        for _ in range(100000):
+            if transport not in memory.getWriters():
+                break
+            transport.doWrite()
+            received.append(_readAll(theirs))
+        received.append(_readAll(theirs))
+        self.assertEqual(b"".join(received), big + b"tail")
+
+    def test_writeSequenceSendsAllInOrder(self) -> None:
+        """
+        C{writeSequence} sends its pieces joined, in order.
+        """
+        transport, theirs, memory = _transport(self)
+        transport.writeSequence([b"a", b"bc", b"d"])
+        self.assertEqual(_readAll(theirs), b"abcd")
+
+    def test_writeAfterCloseIsDropped(self) -> None:
+        """
+        Once the transport is no longer connected, writes are dropped as
+        Twisted's own transport drops them.
+        """
+        transport, theirs, memory = _transport(self)
+        transport.connected = False
+        transport.write(b"late")
+        self.assertEqual(_readAll(theirs), b"")
+
+
+class UseImmediateWritesTests(TestCase):
+    """
+    L{useImmediateWrites} switches TCP ports, and wsglue's listening port
+    uses it.
+    """
+
+    def test_tcpPortSwitched(self) -> None:
+        """
+        A listening TCP port builds L{ImmediateWriteServer} transports once
+        switched; anything else is left alone.
+        """
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertTrue(useImmediateWrites(port))
+        self.assertIs(port.transport, ImmediateWriteServer)
+        self.assertFalse(useImmediateWrites(object()))
+
+    def test_serviceListensWithImmediateWrites(self) -> None:
+        """
+        The wsglue service's TCP port uses immediate writes.
+        """
+        running = serve(self)
+        port = running.service.getServiceNamed("websocket").port
+        self.assertIs(port.transport, ImmediateWriteServer)
+
+
+class OpenConnectionTests(TestCase):
+    """
+    What the protocol drops once the WebSocket is open does not change what
+    it does.
+    """
+
+    async def test_handshakeStateDroppedAfterOpen(self) -> None:
+        """
+        An open connection no longer holds the handshake request and
+        response, and still answers C{ping} with C{pong}.
+        """
+        running = serve(self)
+        client = await connect(self, running.port, headers={"X-Padding": "x" * 1000})
+        [conn] = list(running.registry.allConnections())
+        for name in ("http_headers", "http_request_data", "http_response_data"):
+            self.assertIsNone(getattr(conn, name), name)
+        client.send("ping")
+        self.assertEqual(await client.nextMessage(), "pong")
+
+
+class LazyPformatTests(SynchronousTestCase):
+    """
+    Autobahn's per-connection pretty-print is made lazy, not lost.
+    """
+
+    def test_formatsLikePformat(self) -> None:
+        """
+        Formatted, printed or repr'd, the lazy value is pformat's text.
+        """
+        value = [("autoPingInterval", 30), ("failByDrop", False)]
+        lazy = _LazyPformat(value)
+        from pprint import pformat
+
+        self.assertIsInstance(lazy, str)
+        self.assertEqual(str(lazy), pformat(value))
+        self.assertEqual("{0}".format(lazy), pformat(value))
+        self.assertEqual(repr(lazy), pformat(value))
