@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import secrets
 import struct
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -43,7 +43,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.cookies import shortId
 from wsglue.redisurl import RedisURL
 from wsglue.registry import IConnection, Message, SessionRegistry
 
