@@ -46,7 +46,11 @@ TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import
 # Leave room under the 20,000 open files each process may hold: sockets,
 # pipes, the interpreter's own files.
 PER_PROCESS = 19000
-SERVERS = ("wsglue", "websockets", "node")
+# "wsglue" is one process; "wsglue-cluster" is --workers N sharing the port,
+# with the registry on a private Redis (the way to more sessions than one
+# process may hold files, and to more than one core).
+SERVERS = ("wsglue", "wsglue-cluster", "websockets", "node")
+CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
 
 
@@ -308,13 +312,13 @@ class Server:
         self.port = freePort()
         self.extra: List[Child] = []
         env = dict(os.environ)
-        if name == "wsglue":
+        if name in ("wsglue", CLUSTER):
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
             argv = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
                     "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
                     "--handler", "bench.handler:Bench", "--broadcast-interval", "0",
                     "--ping-interval", "0"]
-            if config.workers > 1:
+            if name == CLUSTER:
                 redisPort = freePort()
                 redis = Child("redis", ["redis-server", "--port", str(redisPort), "--bind",
                                         "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -335,7 +339,7 @@ class Server:
         self.argv = argv
         self.child = Child(name, argv, env=env)
         self.child.waitForLine(ready, 30)
-        if name == "wsglue" and config.workers > 1:
+        if name == CLUSTER:
             # The parent only binds; each worker says when it accepts.
             for _ in range(config.workers):
                 self.child.waitForLine("accepting connections at", 30)
@@ -377,13 +381,14 @@ class Session:
         self.config = config
         self.rep = rep
         biggest = max([config.idle, *config.broadcast,
-                       *(config.big if server.name == "wsglue" else [])])
+                       *(config.big if server.name == CLUSTER else [])])
         count = max(config.loaders, -(-biggest // PER_PROCESS))
         self.loaders: List[Loader] = []
         for i in range(count):
             self.loaders.append(Loader(server.port, f"127.0.0.{2 + i}"))
         self.figures: Dict[str, Any] = {}
         self.handshakes = 0
+        self.failures = 0
         self.handshakeTime = 0.0
 
     def loadPids(self) -> List[int]:
@@ -412,6 +417,7 @@ class Session:
                 loader.held = r["held"]
                 results.append(r)
         ok = sum(r["ok"] for r in results)
+        self.failures += sum(r["failed"] for r in results)
         if ok:
             first = min(r["first"] for r in results if r["ok"])
             last = max(r["last"] for r in results if r["ok"])
@@ -480,7 +486,7 @@ class Session:
         With C{--profile DIR}, record the wsglue processes with py-spy
         during one phase (collapsed stacks in C{DIR/<label>.txt}).
         """
-        if not self.config.profile or self.server.name != "wsglue":
+        if not self.config.profile or not self.server.name.startswith("wsglue"):
             return None
         os.makedirs(self.config.profile, exist_ok=True)
         pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -540,13 +546,21 @@ class Session:
                 self.idle("idle", baseline)
             if size in config.broadcast:
                 self.broadcast(size, f"bcast{size}")
+        self.figures["handshake_failures"] = self.failures
         self.figures["handshakes_per_s"] = (
             self.handshakes / self.handshakeTime if self.handshakeTime else None
         )
         self.figures.update({f"ramp_{k}": v for k, v in rampMeter.shares().items()})
-        if self.server.name == "wsglue":
+        if self.server.name == CLUSTER:
             for size in config.big:
+                before, spent = self.handshakes, self.handshakeTime
+                failures = self.failures
                 self.rampTo(size)
+                self.figures[f"big{size}_handshake_failures"] = self.failures - failures
+                self.figures[f"big{size}_handshakes_per_s"] = (
+                    (self.handshakes - before) / (self.handshakeTime - spent)
+                    if self.handshakeTime > spent else None
+                )
                 self.idle(f"big{size}", baseline)
                 self.broadcast(size, f"bcast{size}")
         self.closeAll(baselineFiles)
@@ -597,15 +611,16 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
     """
     The name of every figure a run of C{server} produces with C{config}.
     """
-    names = ["handshakes_per_s", "idle_sessions", "idle_kib_per_session",
+    names = ["handshakes_per_s", "handshake_failures", "idle_sessions", "idle_kib_per_session",
              "ramp_server_cpu_pct", "ramp_load_cpu_pct"]
     bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients",
              "server_cpu_pct", "load_cpu_pct"]
     for size in config.broadcast:
         names += [f"bcast{size}_{k}" for k in bcast]
-    if server == "wsglue":
+    if server == CLUSTER:
         for size in config.big:
-            names += [f"big{size}_sessions", f"big{size}_kib_per_session"]
+            names += [f"big{size}_sessions", f"big{size}_kib_per_session",
+                      f"big{size}_handshakes_per_s", f"big{size}_handshake_failures"]
             names += [f"bcast{size}_{k}" for k in bcast]
     for n in config.echo:
         names += [f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms",
@@ -673,7 +688,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--idle", type=int, default=10000, help="idle sessions held for KiB/session")
     p.add_argument("--broadcast", type=counts, default=[1000, 10000], help="fan-out sizes")
     p.add_argument("--big", type=counts, default=[100000],
-                   help="wsglue-only sessions held and broadcast to (needs --workers)")
+                   help="sessions held and broadcast to by wsglue-cluster only")
     p.add_argument("--echo", type=counts, default=[100, 1000], help="echo connection counts")
     p.add_argument("--seconds", type=float, default=5.0, help="echo measuring time")
     p.add_argument("--warmup", type=float, default=1.0, help="echo warm-up time")
@@ -683,23 +698,22 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--loaders", type=int, default=4, help="load processes (at least)")
     p.add_argument("--echo-loaders", type=int, default=2, help="load processes for echo")
     p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
-    p.add_argument("--workers", type=int, default=1, help="wsglue --workers (with a Redis)")
+    p.add_argument("--workers", type=int, default=8,
+                   help="wsglue-cluster's --workers (each process holds < 20,000 files)")
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
     if config.smoke:
         config.repetitions, config.idle, config.broadcast, config.big = 1, 20, [5, 10], []
         config.echo, config.seconds, config.warmup, config.messages = [2, 5], 0.5, 0.1, 2
-        config.loaders, config.concurrency = 2, 8
+        config.loaders, config.concurrency, config.workers = 2, 8, 2
+        config.big = [30]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
         if s not in SERVERS:
             p.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
-    if config.workers <= 1 and any(n > PER_PROCESS for n in config.big):
-        # One process may hold only 20,000 open files: more sessions than
-        # that need worker processes sharing the port.
-        sys.stderr.write(f"bench: --big {config.big} needs --workers > 1; skipped\n")
-        config.big = [n for n in config.big if n <= PER_PROCESS]
+    if config.workers < 2:
+        p.error("--workers (of wsglue-cluster) must be 2 or more")
     if config.repetitions < 1:
         p.error("--repetitions must be 1 or more")
     return config

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.common import ROOT
 
-SERVERS = ["wsglue", "websockets", "node"]
+SERVERS = ["wsglue", "wsglue-cluster", "websockets", "node"]
 
 
 class _Collect(protocol.ProcessProtocol):
@@ -35,8 +35,9 @@ class _Collect(protocol.ProcessProtocol):
 
 class BenchSmokeTests(TestCase):
     """
-    C{python -m bench --smoke} starts wsglue, the Node peer and the
-    websockets peer, drives them and writes its figures as JSON.
+    C{python -m bench --smoke} starts wsglue (one process, and two workers
+    on a Redis), the Node peer and the websockets peer, drives them and
+    writes its figures as JSON.
     """
 
     timeout = 240  # a first run installs the npm dependencies
@@ -44,6 +45,8 @@ class BenchSmokeTests(TestCase):
     def setUp(self) -> None:
         if shutil.which("node") is None or shutil.which("npm") is None:
             self.skipTest("the bench needs node and npm")
+        if shutil.which("redis-server") is None:
+            self.skipTest("the bench's wsglue-cluster needs redis-server")
 
     @inlineCallbacks
     def runSmoke(self) -> Any:
@@ -83,7 +86,7 @@ class BenchSmokeTests(TestCase):
     def test_smokeRunWritesEveryFigure(self) -> Any:
         """
         The smoke run exits 0 and writes one JSON file holding, for each of
-        the three servers, every figure the bench promises as a number.
+        the four servers, every figure the bench promises as a number.
         """
         status, out, files, result = yield self.runSmoke()
         self.assertEqual(status, 0, out)
@@ -117,6 +120,9 @@ class BenchSmokeTests(TestCase):
                 self.assertEqual(figures[f"bcast{size}_clients"], size)
                 self.assertEqual(figures[f"bcast{size}_missed"], 0)
             self.assertEqual(figures["echo5_connections"], 5)
+            if server == "wsglue-cluster":
+                self.assertEqual(figures["big30_sessions"], 30)
+                self.assertEqual(figures["bcast30_missed"], 0)
             self.assertGreater(figures["echo5_rt_per_s"], 0)
         for name in result["expected"]["wsglue"]:
             self.assertIn(f"| {name} ", out)
