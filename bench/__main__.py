@@ -555,7 +555,11 @@ class Session:
             for size in config.big:
                 before, spent = self.handshakes, self.handshakeTime
                 failures = self.failures
-                self.rampTo(size)
+                profiler = self.profile(f"ramp{size}")
+                try:
+                    self.rampTo(size)
+                finally:
+                    self.stopProfile(profiler)
                 self.figures[f"big{size}_handshake_failures"] = self.failures - failures
                 self.figures[f"big{size}_handshakes_per_s"] = (
                     (self.handshakes - before) / (self.handshakeTime - spent)
