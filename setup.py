@@ -32,6 +32,9 @@ setup(
             "hypothesis>=6.80",
             "playwright>=1.40",
             "cryptography>=41.0",
+            # The bench's Python peer (websockets.asyncio, new in 13.0),
+            # which the bench smoke test starts.
+            "websockets>=13.0",
         ],
     },
 )
