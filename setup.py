@@ -28,7 +28,6 @@ setup(
     ],
     extras_require={
         "test": [
-            "treq>=23.11.0",
             "hypothesis>=6.80",
             "playwright>=1.40",
             "cryptography>=41.0",
