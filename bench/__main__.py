@@ -7,7 +7,7 @@ C{websockets} peer, side by side, in one run, with one command::
 
 Each repetition starts every server in turn (A B C A B C ...) exactly as a
 user would, drives it with several Node load-generator processes
-(C{bench/load/loader.js}, each bound to its own source address 127.0.0.x)
+(C{bench/load/loader.js}, each bound to its own source address 127.N.0.x)
 and measures: handshakes per second and KiB per idle session; broadcast
 fan-out (time to first, p50, p99 and last delivery, missed messages); echo
 round trips per second with p50/p99 latency at two connection counts; and
@@ -371,6 +371,13 @@ def split(n: int, parts: int) -> List[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
+# Each session's loaders take source addresses in a /16 of their own
+# (127.1.0.2, 127.1.0.3, ..., then 127.2.0.2, ...): the ports the previous
+# session left in TIME_WAIT would otherwise make the next server's
+# handshakes slower (bind() before connect() searches for a free port).
+_NETWORKS = iter(range(1, 255))
+
+
 class Session:
     """
     One server with its load generators, for one repetition.
@@ -384,10 +391,12 @@ class Session:
                        *(config.big if server.name == CLUSTER else [])])
         count = max(config.loaders, -(-biggest // PER_PROCESS))
         self.loaders: List[Loader] = []
+        network = next(_NETWORKS, 0)
         for i in range(count):
-            self.loaders.append(Loader(server.port, f"127.0.0.{2 + i}"))
+            self.loaders.append(Loader(server.port, f"127.{network}.0.{2 + i}"))
         self.figures: Dict[str, Any] = {}
         self.handshakes = 0
+        self.rampCpu: List[Any] = []
         self.failures = 0
         self.handshakeTime = 0.0
 
@@ -405,6 +414,13 @@ class Session:
         want = max(0, total - self.held())
         if not want:
             return
+        meter = CpuMeter(self.server.pids, self.loadPids)
+        try:
+            self._rampTo(want)
+        finally:
+            self.rampCpu.append((time.monotonic() - meter.t0, meter.shares()))
+
+    def _rampTo(self, want: int) -> None:
         shares = split(want, len(self.loaders))
         concurrency = max(1, self.config.concurrency // len(self.loaders))
         for loader, n in zip(self.loaders, shares):
@@ -534,7 +550,6 @@ class Session:
         config = self.config
         baseline = rssKiB(self.server.pids())
         baselineFiles = openFiles(self.server.pids())
-        rampMeter = CpuMeter(self.server.pids, self.loadPids)
         sizes = sorted(set(config.broadcast) | {config.idle})
         for size in sizes:
             profiler = self.profile(f"ramp{size}")
@@ -550,7 +565,12 @@ class Session:
         self.figures["handshakes_per_s"] = (
             self.handshakes / self.handshakeTime if self.handshakeTime else None
         )
-        self.figures.update({f"ramp_{k}": v for k, v in rampMeter.shares().items()})
+        # CPU shares over the ramps only, weighted by how long each took.
+        wall = sum(w for w, _ in self.rampCpu)
+        for key in ("server_cpu_pct", "load_cpu_pct"):
+            self.figures[f"ramp_{key}"] = (
+                sum(w * shares[key] for w, shares in self.rampCpu) / wall if wall else None
+            )
         if self.server.name == CLUSTER:
             for size in config.big:
                 before, spent = self.handshakes, self.handshakeTime
