@@ -759,7 +759,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in config.servers:
             sys.stderr.write(f"bench: repetition {rep + 1}/{config.repetitions}: {name}\n")
             server = Server(name, config)
-            commands[name] = [a for a in server.argv if a != TWISTD]
+            # Recorded as a user would type it: twistd's entry point is run
+            # with this Python so that it uses this checkout.
+            commands[name] = (["twistd", *server.argv[3:]] if server.argv[1:3] == ["-c", TWISTD]
+                              else list(server.argv))
             session = None
             try:
                 session = Session(server, config, rep)
