@@ -316,7 +316,7 @@ class Server:
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
             argv = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
                     "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
-                    "--handler", "bench.handler:Bench", "--broadcast-interval", "0",
+                    "--handler", config.handler, "--broadcast-interval", "0",
                     "--ping-interval", "0"]
             if name == CLUSTER:
                 redisPort = freePort()
@@ -724,6 +724,8 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
     p.add_argument("--workers", type=int, default=8,
                    help="wsglue-cluster's --workers (each process holds < 20,000 files)")
+    p.add_argument("--handler", default="bench.handler:Bench",
+                   help="wsglue's --handler (importable with the repository on PYTHONPATH)")
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
