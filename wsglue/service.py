@@ -43,6 +43,28 @@ def describeAddress(port: IListeningPort, secure: bool) -> str:
     return f"{scheme}://{host}:{address.port}"
 
 
+def stopCleanlyOnSignals(reactor: Any, doing: str = "shutting down") -> None:
+    """
+    Make SIGTERM and SIGINT stop C{reactor} as a clean exit.
+
+    The reactor's own handlers make twistd re-raise the signal once it has
+    shut down, so the process dies of SIGTERM.  A graceful stop that closed
+    every connection with 1001 is a clean exit: status 0.  Call it once the
+    reactor runs (it installs its handlers at start-up).
+    """
+
+    def stopReactor() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def onSignal(signum: int, frame: Any) -> None:
+        _log.info("received {name}, {doing}", name=signal.Signals(signum).name, doing=doing)
+        reactor.callFromThread(stopReactor)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, onSignal)
+
+
 class WebSocketService(Service):
     """
     Listen on C{endpoint} with C{site}; on stop, stop listening and close the
@@ -104,22 +126,7 @@ class WebSocketService(Service):
         else:
             _log.info("accepting connections at {url}", url=describeAddress(self.port, secure))
         if self.handleSignals:
-            self.reactor.callWhenRunning(self._installSignalHandlers)
-
-    def _installSignalHandlers(self) -> None:
-        # The reactor's own handlers make twistd re-raise the signal once it
-        # has shut down, so the process dies of SIGTERM.  A graceful stop
-        # that closed every connection with 1001 is a clean exit: status 0.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._stopOnSignal)
-
-    def _stopOnSignal(self, signum: int, frame: Any) -> None:
-        _log.info("received {name}, shutting down", name=signal.Signals(signum).name)
-        self.reactor.callFromThread(self._stopReactor)
-
-    def _stopReactor(self) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
+            self.reactor.callWhenRunning(stopCleanlyOnSignals, self.reactor)
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -29,7 +29,7 @@ from twisted.logger import Logger, eventAsText
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsglue.service import CannotListen, describeAddress
+from wsglue.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
 
@@ -232,7 +232,7 @@ class WorkerPool(Service):
         for index in range(1, self.count + 1):
             self._spawn(index)
         if self.handleSignals:
-            self.reactor.callWhenRunning(self._installSignalHandlers)
+            self.reactor.callWhenRunning(stopCleanlyOnSignals, self.reactor, "stopping the workers")
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
@@ -276,19 +276,6 @@ class WorkerPool(Service):
             index=index, pid=proto.pid, how=how, delay=delay,
         )
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
-
-    def _installSignalHandlers(self) -> None:
-        # As in WebSocketService: a stop on SIGTERM/SIGINT is a clean exit.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._stopOnSignal)
-
-    def _stopOnSignal(self, signum: int, frame: Any) -> None:
-        _log.info("received {name}, stopping the workers", name=signal.Signals(signum).name)
-        self.reactor.callFromThread(self._stopReactor)
-
-    def _stopReactor(self) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
