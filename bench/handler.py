@@ -11,24 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from wsglue.registry import Message, SessionRegistry
+from wsglue.handlers import PingPong
+from wsglue.registry import Message
+
+_TRIGGER = "broadcast "
 
 
-class Bench:
+class Bench(PingPong):
     """
-    ping/pong/ok, and C{broadcast <payload>}.
+    The default handler, plus C{broadcast <payload>}.
     """
-
-    def __init__(self, registry: SessionRegistry) -> None:
-        self.registry = registry
 
     def received(self, sid: str, conn: Any, message: Message) -> Optional[str]:
-        if isinstance(message, bytes):
-            conn.close(1003, "binary messages are not supported")
+        if isinstance(message, str) and message.startswith(_TRIGGER):
+            self.registry.broadcast(message[len(_TRIGGER):])
             return None
-        if message == "ping":
-            return "pong"
-        if message.startswith("broadcast "):
-            self.registry.broadcast(message[10:])
-            return None
-        return "ok"
+        return PingPong.received(self, sid, conn, message)
