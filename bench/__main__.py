@@ -54,6 +54,17 @@ CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
 
 
+def kind(name: str) -> str:
+    """
+    The server a name runs: C{wsglue-LABEL} and C{wsglue-cluster-LABEL}
+    (from C{--wsglue-python LABEL=PATH}) are C{wsglue} and C{wsglue-cluster}
+    under another Python.
+    """
+    if name in SERVERS:
+        return name
+    return CLUSTER if name.startswith(CLUSTER + "-") else "wsglue"
+
+
 class BenchError(Exception):
     """
     The bench could not run (a server did not start, a loader died...).
@@ -312,13 +323,15 @@ class Server:
         self.port = freePort()
         self.extra: List[Child] = []
         env = dict(os.environ)
-        if name in ("wsglue", CLUSTER):
+        if kind(name) in ("wsglue", CLUSTER):
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-            argv = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
+            # The cluster's workers are started by wsglue with its own
+            # sys.executable, so they run under this Python too.
+            argv = [config.pythons.get(name, sys.executable), "-c", TWISTD, "--pidfile=", "-n", "wsglue",
                     "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
                     "--handler", config.handler, "--broadcast-interval", "0",
                     "--ping-interval", "0"]
-            if name == CLUSTER:
+            if kind(name) == CLUSTER:
                 redisPort = freePort()
                 redis = Child("redis", ["redis-server", "--port", str(redisPort), "--bind",
                                         "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -339,7 +352,7 @@ class Server:
         self.argv = argv
         self.child = Child(name, argv, env=env)
         self.child.waitForLine(ready, 30)
-        if name == CLUSTER:
+        if kind(name) == CLUSTER:
             # The parent only binds; each worker says when it accepts.
             for _ in range(config.workers):
                 self.child.waitForLine("accepting connections at", 30)
@@ -388,7 +401,7 @@ class Session:
         self.config = config
         self.rep = rep
         biggest = max([config.idle, *config.broadcast,
-                       *(config.big if server.name == CLUSTER else [])])
+                       *(config.big if kind(server.name) == CLUSTER else [])])
         count = max(config.loaders, -(-biggest // PER_PROCESS))
         self.loaders: List[Loader] = []
         network = next(_NETWORKS, 0)
@@ -571,7 +584,7 @@ class Session:
             self.figures[f"ramp_{key}"] = (
                 sum(w * shares[key] for w, shares in self.rampCpu) / wall if wall else None
             )
-        if self.server.name == CLUSTER:
+        if kind(self.server.name) == CLUSTER:
             for size in config.big:
                 before, spent = self.handshakes, self.handshakeTime
                 failures = self.failures
@@ -600,7 +613,12 @@ class Session:
 # -- reporting ----------------------------------------------------------------
 
 
-def machine() -> Dict[str, Any]:
+WHICH = ("import json, platform, twisted, autobahn; print(json.dumps({'python': "
+         "platform.python_version(), 'implementation': platform.python_implementation(), "
+         "'twisted': twisted.__version__, 'autobahn': autobahn.__version__}))")
+
+
+def machine(pythons: Dict[str, str]) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "cores": os.cpu_count(),
         "kernel": platform.release(),
@@ -628,6 +646,12 @@ def machine() -> Dict[str, Any]:
         except Exception:
             info[module] = None
     info["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for python in sorted(set(pythons.values())):
+        try:
+            info.setdefault("wsglue_pythons", {})[python] = json.loads(subprocess.run(
+                [python, "-c", WHICH], capture_output=True, text=True, timeout=30).stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            info.setdefault("wsglue_pythons", {})[python] = None
     return info
 
 
@@ -641,7 +665,7 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
              "server_cpu_pct", "load_cpu_pct"]
     for size in config.broadcast:
         names += [f"bcast{size}_{k}" for k in bcast]
-    if server == CLUSTER:
+    if kind(server) == CLUSTER:
         for size in config.big:
             names += [f"big{size}_sessions", f"big{size}_kib_per_session",
                       f"big{size}_handshakes_per_s", f"big{size}_handshake_failures"]
@@ -726,6 +750,11 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="wsglue-cluster's --workers (each process holds < 20,000 files)")
     p.add_argument("--handler", default="bench.handler:Bench",
                    help="wsglue's --handler (importable with the repository on PYTHONPATH)")
+    p.add_argument("--wsglue-python", metavar="[LABEL=]PATH", action="append", default=[],
+                   help="run wsglue and wsglue-cluster under the Python at PATH (a virtualenv "
+                        "with wsglue's dependencies; the repository goes on its PYTHONPATH); "
+                        "with LABEL=, keep them and add the servers wsglue-LABEL and "
+                        "wsglue-cluster-LABEL instead (repeatable)")
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
@@ -734,10 +763,22 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         config.echo, config.seconds, config.warmup, config.messages = [2, 5], 0.5, 0.1, 2
         config.loaders, config.concurrency, config.workers = 2, 8, 2
         config.big = [30]
+    config.pythons = {}
+    for spec in config.wsglue_python:
+        label, _, path = spec.rpartition("=")
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            p.error(f"--wsglue-python: {path!r} is not an executable")
+        if label and label.replace("-", "").replace("_", "").isalnum():
+            config.pythons.update({f"wsglue-{label}": path, f"{CLUSTER}-{label}": path})
+        elif label:
+            p.error(f"--wsglue-python: bad label {label!r} (letters, digits, - and _)")
+        else:
+            config.pythons.update({"wsglue": path, CLUSTER: path})
+    known = list(SERVERS) + [n for n in config.pythons if n not in SERVERS]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
-        if s not in SERVERS:
-            p.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
+        if s not in known:
+            p.error(f"unknown server {s!r}; choose from {', '.join(known)}")
     if config.workers < 2:
         p.error("--workers (of wsglue-cluster) must be 2 or more")
     if config.repetitions < 1:
@@ -763,7 +804,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             server = Server(name, config)
             # Recorded as a user would type it: twistd's entry point is run
             # with this Python so that it uses this checkout.
-            commands[name] = (["twistd", *server.argv[3:]] if server.argv[1:3] == ["-c", TWISTD]
+            twistd = ("twistd" if server.argv[0] == sys.executable
+                      else os.path.join(os.path.dirname(server.argv[0]), "twistd"))
+            commands[name] = ([twistd, *server.argv[3:]] if server.argv[1:3] == ["-c", TWISTD]
                               else list(server.argv))
             session = None
             try:
@@ -787,7 +830,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "started": started,
         "seconds": time.monotonic() - t0,
         "command": ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])],
-        "machine": machine(),
+        "machine": machine(config.pythons),
         "config": {k: v for k, v in vars(config).items()},
         "servers": config.servers,
         "server_commands": commands,
