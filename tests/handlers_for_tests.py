@@ -119,3 +119,10 @@ class Namespace:
 
 
 NOT_CALLABLE = 42
+
+
+def failingFactory(registry: SessionRegistry) -> None:
+    """
+    A handler factory that cannot build its handler.
+    """
+    raise HandlerError("the backend is unreachable")

@@ -320,6 +320,17 @@ class OriginTests(TestCase):
         self.assertEqual((yield client.nextMessage()), "pong")
 
     @inlineCallbacks
+    def test_nullOriginRefused(self) -> None:
+        """
+        C{Origin: null} (a sandboxed frame, a file: page) is refused with
+        403 by the same-origin default, like any foreign origin.
+        """
+        running = serve(self)
+        status = yield self.handshake(running.port, {"Origin": "null"})
+        self.assertIn(b" 403 ", status)
+        self.assertEqual(len(running.registry), 0)
+
+    @inlineCallbacks
     def test_noOriginAccepted(self) -> None:
         """
         A client that sends no C{Origin} is accepted.
@@ -571,6 +582,26 @@ class LogTests(TestCase):
         lines = self.lines()
         self.assertIn(f"<== ping from {sid[:8]}", lines)
         self.assertIn("==> pong", lines)
+
+    @inlineCallbacks
+    def test_verboseRegistry(self) -> None:
+        """
+        With C{--verbose} what server code sends through the registry is
+        logged too: one line per C{send} and one per C{broadcast}, however
+        many connections they reach, with the short session id only.
+        """
+        running = serve(self, "--verbose")
+        client = yield connect(self, running.port)
+        sid = cookieValue(client.setCookie)
+        yield waitFor(lambda: sid in running.registry)
+        self.assertEqual(running.registry.send(sid, "to you"), 1)
+        self.assertEqual(running.registry.broadcast("to all"), 1)
+        self.assertEqual((yield client.nextMessage()), "to you")
+        self.assertEqual((yield client.nextMessage()), "to all")
+        lines = self.lines()
+        self.assertIn(f"==> to you to {sid[:8]} (1 connections)", lines)
+        self.assertIn("==> to all (broadcast to 1 connections)", lines)
+        self.assertNoFullId(sid)
 
 
 class _Refuser(Protocol):

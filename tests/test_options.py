@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.handlers_for_tests import Recorder, makeRecorder
 from wsglue.handlers import PingPong
-from wsglue.tap import Options, defaultStaticPath, optionsFromEnvironment
+from wsglue.tap import HandlerFailed, Options, buildHandler, defaultStaticPath, optionsFromEnvironment
 
 
 def parse(*argv: str) -> Options:
@@ -169,6 +169,38 @@ class ErrorTests(SynchronousTestCase):
             self.assertIn(fragment, message)
         self.assertNotIn("\n", message)
         return message
+
+    def test_pingTimeoutZeroWhilePinging(self) -> None:
+        """
+        C{--ping-timeout 0} with pings on is refused: Autobahn would ping
+        and never drop a silent peer.
+        """
+        self.assertError(["--ping-timeout", "0"], "--ping-timeout", "--ping-interval 0")
+
+    def test_pingsOffTimeoutZero(self) -> None:
+        """
+        With pings off, a zero C{--ping-timeout} is fine.
+        """
+        o = Options()
+        o.parseOptions(["--ping-interval", "0", "--ping-timeout", "0"])
+        self.assertEqual((o["ping-interval"], o["ping-timeout"]), (0, 0))
+
+    def test_handlerFactoryRaises(self) -> None:
+        """
+        A handler factory that raises when the service is built ends
+        start-up with one line naming the handler and the error, and its
+        traceback is logged.
+        """
+        o = Options()
+        o.parseOptions(["--handler", "tests.handlers_for_tests:failingFactory"])
+        exc = self.assertRaises(HandlerFailed, buildHandler, o, None)
+        self.assertIsInstance(exc, SystemExit)
+        self.assertEqual(
+            str(exc),
+            "wsglue: error: --handler tests.handlers_for_tests:failingFactory: building"
+            " the handler failed: HandlerError: the backend is unreachable",
+        )
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
 
     def test_unknownEndpointType(self) -> None:
         """

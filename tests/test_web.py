@@ -123,6 +123,7 @@ class StaticFolderTests(TestCase):
         self.write(os.path.join(root, "index.html"), INDEX)
         self.write(os.path.join(root, "scripts", "app.js"), b"var x = 1;")
         self.write(os.path.join(root, "style.css"), b"body {}")
+        self.write(os.path.join(root, "noext"), b"\x00\x01 raw")
         self.write(os.path.join(base, "secret.txt"), SECRET)
         self.write(os.path.join(base, "outside", "secret.txt"), SECRET)
         os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "leak.txt"))
@@ -182,11 +183,11 @@ class StaticFolderTests(TestCase):
     @inlineCallbacks
     def test_directoryWithoutSlashNotListed(self) -> None:
         """
-        A directory named without its trailing slash is not listed either
-        (at most a redirect to the slash form, which is 404).
+        A directory named without its trailing slash is 404 too, not a
+        redirect to the slash form.
         """
         response = yield get(self.port, "/scripts")
-        self.assertIn(response.status, (301, 302, 404))
+        self.assertEqual(response.status, 404)
         self.assertNotIn(b"app.js", response.body)
 
     @inlineCallbacks
@@ -254,3 +255,24 @@ class StaticFolderTests(TestCase):
         """
         response = yield get(self.port, "/%ff%fe")
         self.assertEqual(response.status, 404)
+
+    @inlineCallbacks
+    def test_nulInPath(self) -> None:
+        """
+        A NUL byte in a path segment is 404, not a server error (the file
+        system calls would raise on it).
+        """
+        for target in ("/%00", "/index.html%00", "/scripts/%00x.js"):
+            response = yield get(self.port, target)
+            self.assertEqual(response.status, 404, target)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @inlineCallbacks
+    def test_unknownTypeIsBytes(self) -> None:
+        """
+        A file whose type cannot be told from its name is served as
+        C{application/octet-stream}, not as HTML.
+        """
+        response = yield get(self.port, "/noext")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "application/octet-stream")

@@ -166,7 +166,7 @@ class WorkerPoolTests(TestCase):
         return client
 
     @inlineCallbacks
-    def clientsOnEveryWorker(self, sid: str = "", limit: int = 60) -> Any:
+    def clientsOnEveryWorker(self, sid: str = "", limit: int = 300) -> Any:
         """
         Connect until the clients cover every worker (at most C{limit}).
         """

@@ -27,7 +27,7 @@ from wsglue.cookies import SessionCookies, shortId
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
 from wsglue.origin import OriginPolicy
-from wsglue.registry import Message, SessionRegistry
+from wsglue.registry import Message, SessionRegistry, forLog
 
 _log = Logger()
 
@@ -75,22 +75,6 @@ _HANDSHAKE_STATE = (
 
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
-
-
-def forLog(message: Message, limit: int = 200) -> str:
-    """
-    How a message appears in C{--verbose} logs: text as it is (C{ping}, as
-    SPEC section 9 shows), but with control characters escaped so a client
-    cannot forge log lines, and cut at C{limit} characters; binary as its
-    length.
-    """
-    if isinstance(message, str):
-        text = "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-            for c in message[:limit]
-        )
-        return text + ("..." if len(message) > limit else "")
-    return f"<{len(message)} bytes>"
 
 
 class _Timer:
@@ -340,6 +324,7 @@ class GlueServerFactory(WebSocketServerFactory):
         cookies: Optional[SessionCookies] = None,
         origins: Optional[OriginPolicy] = None,
         handlerFactory: Any = PingPong,
+        handler: Any = None,
         verbose: bool = False,
         trustProxy: bool = False,
         maxMessageSize: int = 65536,
@@ -354,8 +339,14 @@ class GlueServerFactory(WebSocketServerFactory):
         self.registry = registry if registry is not None else SessionRegistry()
         self.cookies = cookies if cookies is not None else SessionCookies()
         self.origins = origins if origins is not None else OriginPolicy()
-        self.handler = HandlerAdapter(handlerFactory(self.registry))
+        # An application handler already built (by makeService), or one
+        # built here from handlerFactory.
+        if handler is None:
+            handler = handlerFactory(self.registry)
+        self.handler = HandlerAdapter(handler)
         self.verbose = verbose
+        # --verbose covers what server code sends through the registry too.
+        self.registry.verbose = verbose
         self.trustProxy = trustProxy
         self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self._emptyWaiters: List[Deferred] = []
@@ -371,6 +362,10 @@ class GlueServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=3,
             requireMaskedClientFrames=True,
             perMessageCompressionAccept=None,
+            # Origin "null" (sandboxed frames, file: pages) reaches our
+            # OriginPolicy, which refuses it with 403 unless a pattern
+            # allows it, instead of Autobahn's 400.
+            allowNullOrigin=True,
         )
 
     def isSecureRequest(self, transport: Any, headers: Dict[str, str]) -> bool:

@@ -11,8 +11,13 @@ from __future__ import annotations
 from typing import Dict, Iterator, List, Protocol, Union
 
 from autobahn.websocket.protocol import PreparedMessage
+from twisted.logger import Logger
+
+from wsglue.cookies import shortId
 
 Message = Union[str, bytes]
+
+_log = Logger()
 
 
 class IConnection(Protocol):
@@ -36,6 +41,22 @@ class IConnection(Protocol):
         """
         Start the closing handshake.
         """
+
+
+def forLog(message: Message, limit: int = 200) -> str:
+    """
+    How a message appears in C{--verbose} logs: text as it is (C{ping}, as
+    SPEC section 9 shows), but with control characters escaped so a client
+    cannot forge log lines, and cut at C{limit} characters; binary as its
+    length.
+    """
+    if isinstance(message, str):
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+            for c in message[:limit]
+        )
+        return text + ("..." if len(message) > limit else "")
+    return f"<{len(message)} bytes>"
 
 
 def prepare(message: Message) -> PreparedMessage:
@@ -62,6 +83,8 @@ class SessionRegistry:
         # reach the connections of a session in the order they opened.
         self._sessions: Dict[str, Dict[IConnection, None]] = {}
         self._count = 0
+        # --verbose: log what goes out through send and broadcast.
+        self.verbose = False
 
     def add(self, sid: str, conn: IConnection) -> bool:
         """
@@ -101,10 +124,14 @@ class SessionRegistry:
         conns = self._sessions.get(sid)
         if not conns:
             return 0
-        if len(conns) == 1:
-            return sum(conn.send(message) for conn in list(conns))
         prepared = prepare(message)
-        return sum(conn.sendPrepared(prepared) for conn in list(conns))
+        reached = sum(conn.sendPrepared(prepared) for conn in list(conns))
+        if self.verbose:
+            _log.info(
+                "==> {text} to {sid} ({n} connections)",
+                text=forLog(message), sid=shortId(sid), n=reached,
+            )
+        return reached
 
     def broadcast(self, message: Message) -> int:
         """
@@ -120,6 +147,8 @@ class SessionRegistry:
         for conns in list(self._sessions.values()):
             for conn in list(conns):
                 reached += conn.sendPrepared(prepared)
+        if self.verbose:
+            _log.info("==> {text} (broadcast to {n} connections)", text=forLog(message), n=reached)
         return reached
 
     def close(self, sid: str, code: int = 1000, reason: str = "") -> int:

@@ -34,7 +34,10 @@ def describeAddress(port: IListeningPort, secure: bool) -> str:
     address = port.getHost()
     host = getattr(address, "host", None)
     if host is None:
-        return f"ws+unix://{getattr(address, 'name', address)}"
+        name = getattr(address, "name", address)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return f"ws+unix://{name}"
     if host in ("0.0.0.0", "::", ""):
         host = "localhost"
     elif ":" in host:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wsglue.cookies import SessionCookies
@@ -25,6 +26,9 @@ from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
 from wsglue.service import WebSocketService
 from wsglue.web import makeSite
+
+
+_log = Logger()
 
 
 def defaultStaticPath() -> str:
@@ -44,13 +48,13 @@ def defaultStaticPath() -> str:
     return os.path.join(here, "static")
 
 
-def _number(kind: Callable[[str], Any], what: str) -> Callable[[str, Any], Any]:
+def _number(kind: Callable[[str], Any], what: str, least: float = 0) -> Callable[[str, Any], Any]:
     def coerce(option: str, value: Any) -> Any:
         try:
             number = kind(value)
         except (TypeError, ValueError):
-            number = -1
-        if number != number or number < 0 or number == float("inf"):
+            number = least - 1
+        if number != number or number < least or number == float("inf"):
             raise usage.UsageError(f"--{option} {what}, not {value!r}")
         return number
 
@@ -59,6 +63,7 @@ def _number(kind: Callable[[str], Any], what: str) -> Callable[[str, Any], Any]:
 
 seconds = _number(float, "must be a number of seconds, 0 or more")
 count = _number(int, "must be a whole number, 0 or more")
+positive = _number(int, "must be a whole number, 1 or more", least=1)
 rate = _number(float, "must be a number, 0 or more")
 
 # Options whose value is checked and converted in postOptions, so that a bad
@@ -74,7 +79,7 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "max-connections-per-session": count,
     "max-messages-per-second": rate,
     "max-send-buffer": count,
-    "workers": count,
+    "workers": positive,
 }
 
 
@@ -159,6 +164,13 @@ class Options(usage.Options):
         if not self["cookie-name"] or not _isToken(self["cookie-name"]):
             raise usage.UsageError(f"--cookie-name {self['cookie-name']!r} is not a valid cookie name")
 
+        if self["ping-interval"] and not self["ping-timeout"]:
+            # Autobahn would send pings and never give up on a silent peer.
+            raise usage.UsageError(
+                "--ping-timeout must be more than 0 while --ping-interval is on"
+                " (use --ping-interval 0 to turn pings off)"
+            )
+
         self["secret-keys"] = []
         if self["secret-file"] is not None:
             try:
@@ -174,8 +186,6 @@ class Options(usage.Options):
                 self["redis-url"] = parseRedisURL(self["redis"])
             except BadRedisURL as e:
                 raise usage.UsageError(f"--redis {self['redis']!r} is not a valid Redis URL: {e}")
-        if self["workers"] < 1:
-            raise usage.UsageError(f"--workers must be 1 or more, not {self['workers']}")
         if self["workers"] > 1:
             from wsglue.workers import adoptable
 
@@ -200,6 +210,29 @@ def _isToken(name: str) -> bool:
     # RFC 6265 cookie-name: an RFC 2616 token.
     separators = set('()<>@,;:\\"/[]?={} \t')
     return all(32 < ord(c) < 127 and c not in separators for c in name)
+
+
+class HandlerFailed(SystemExit):
+    """
+    The application handler could not be built.  A L{SystemExit}, so that
+    twistd exits non-zero with this one line rather than a traceback.
+    """
+
+
+def buildHandler(options: Dict[str, Any], registry: SessionRegistry) -> Any:
+    """
+    Build the application handler, C{NAME(registry)}, once for the service.
+
+    @raise HandlerFailed: if it raises; its traceback is logged.
+    """
+    try:
+        return options["handler-factory"](registry)
+    except Exception as e:
+        _log.failure("building the handler {handler} failed", handler=options["handler"])
+        raise HandlerFailed(
+            f"wsglue: error: --handler {options['handler']}: building the handler"
+            f" failed: {type(e).__name__}: {e}"
+        )
 
 
 def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
@@ -255,10 +288,10 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     )
     factory = GlueServerFactory(
         registry=registry,
+        handler=buildHandler(options, registry),
         cookies=SessionCookies(options["cookie-name"], options.get("secret-keys", ())),
         limits=limits,
         origins=OriginPolicy(options["allowed-origin"]),
-        handlerFactory=options["handler-factory"],
         verbose=bool(options["verbose"]),
         trustProxy=bool(options["trust-proxy"]),
         maxMessageSize=options["max-message-size"],

@@ -43,7 +43,18 @@ class StaticFolder(File):
     def directoryListing(self) -> IResource:
         return _NOT_FOUND
 
+    def render(self, request: Any) -> bytes:
+        # A folder asked for without its trailing slash: File would
+        # redirect to the slash form, which is a 404 anyway.
+        if self.isdir():
+            return _NOT_FOUND.render(request)
+        return File.render(self, request)
+
     def getChild(self, path: bytes, request: Any) -> IResource:
+        # Undecodable and NUL-bearing names cannot name a file of ours; the
+        # file system calls would raise on a NUL (a 500 and a traceback).
+        if b"\x00" in path:
+            return _NOT_FOUND
         try:
             path.decode("utf-8")
         except UnicodeDecodeError:
@@ -171,7 +182,9 @@ def makeSite(
     C{handshakeTimeout} how long a peer may take to send a complete request
     in all (see L{DeadlineChannel}).
     """
-    root = GlueRoot(StaticFolder(staticPath), WebSocketResource(factory))
+    # A file whose type is not known is bytes, not HTML (File's default).
+    static = StaticFolder(staticPath, defaultType="application/octet-stream")
+    root = GlueRoot(static, WebSocketResource(factory))
     site = GlueSite(root, timeout=timeout, reactor=reactor)
     site.displayTracebacks = False
     site.handshakeTimeout = handshakeTimeout or None
