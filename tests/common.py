@@ -7,7 +7,6 @@ daemon in a child process.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -105,17 +104,30 @@ class Client(WebSocketClientProtocol):
 
 
 def connect(
-    testCase: Any, port: int, headers: Optional[Dict[str, str]] = None, path: str = "/"
+    testCase: Any,
+    port: int,
+    headers: Optional[Dict[str, str]] = None,
+    path: str = "/",
+    trust: Optional[bytes] = None,
+    hostname: str = "127.0.0.1",
 ) -> Deferred:
     """
-    Open a WebSocket to 127.0.0.1:C{port} with extra request C{headers}.
-    Fires with the open L{Client}; fails if the handshake is refused.  The
-    connection is dropped when the test ends.
+    Open a WebSocket to 127.0.0.1:C{port} with extra request C{headers};
+    over TLS (C{wss://}) when C{trust} is the PEM certificate to trust, which
+    must name C{hostname}.  Fires with the open L{Client}; fails if the
+    handshake is refused.  The connection is dropped when the test ends.
     """
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", headers=headers or {})
+    scheme = "ws" if trust is None else "wss"
+    factory = WebSocketClientFactory(f"{scheme}://{hostname}:{port}{path}", headers=headers or {})
     factory.protocol = Client
     factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    if trust is not None:
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        options = optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(trust))
+        endpoint = wrapClientTLS(options, endpoint)
 
     def opened(client: Client) -> Deferred:
         def cleanup() -> Deferred:

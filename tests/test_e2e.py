@@ -8,17 +8,14 @@ from __future__ import annotations
 import os
 from typing import Any, List
 
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.common import (
     ROOT,
-    Client,
     connect,
     cookieValue,
     freePort,
@@ -71,30 +68,6 @@ def selfSignedPem(path: str) -> bytes:
         f.write(keyPem + certPem)
     return certPem
 
-
-def connectTLS(testCase: TestCase, port: int, certPem: bytes, headers: dict) -> Any:
-    """
-    Like L{tests.common.connect}, over TLS, trusting C{certPem}.
-    """
-    factory = WebSocketClientFactory(f"wss://127.0.0.1:{port}/", headers=headers)
-    factory.protocol = Client
-    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
-    trust = ssl.Certificate.loadPEM(certPem)
-    endpoint = wrapClientTLS(
-        ssl.optionsForClientTLS("127.0.0.1", trustRoot=trust),
-        TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5),
-    )
-
-    def opened(client: Client) -> Any:
-        def cleanup() -> Any:
-            if not client.closed.called:
-                client.dropConnection(abort=True)
-            return client.closed
-
-        testCase.addCleanup(cleanup)
-        return client.opened
-
-    return endpoint.connect(factory).addCallback(opened)
 
 RECORDER = "tests.handlers_for_tests:Recorder"
 
@@ -755,8 +728,8 @@ class TLSTests(TestCase):
         pem = os.path.abspath(self.mktemp())
         certPem = selfSignedPem(pem)
         running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
-        client = yield connectTLS(
-            self, running.port, certPem, {"Origin": f"https://127.0.0.1:{running.port}"}
+        client = yield connect(
+            self, running.port, {"Origin": f"https://127.0.0.1:{running.port}"}, trust=certPem
         )
         self.assertTrue(client.setCookie.endswith("; HttpOnly; SameSite=Lax; Secure"))
         client.send("ping")
@@ -770,7 +743,7 @@ class TLSTests(TestCase):
         pem = os.path.abspath(self.mktemp())
         certPem = selfSignedPem(pem)
         running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
-        d = connectTLS(self, running.port, certPem, {"Origin": f"http://127.0.0.1:{running.port}"})
+        d = connect(self, running.port, {"Origin": f"http://127.0.0.1:{running.port}"}, trust=certPem)
         yield self.assertFailure(d, ConnectionError)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import Logger

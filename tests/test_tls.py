@@ -10,15 +10,14 @@ import datetime
 import ipaddress
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Tuple
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from autobahn.twisted.websocket import WebSocketClientFactory
-from tests.common import Client, connect, serve
+from tests.common import connect, serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -78,33 +77,6 @@ def makeCertificate(folder: str) -> Tuple[str, str, bytes]:
     return keyPath, certPath, pem
 
 
-def connectTLS(
-    testCase: Any, port: int, pem: bytes, headers: Optional[Dict[str, str]] = None
-) -> Deferred:
-    """
-    Open a C{wss://} connection to 127.0.0.1:C{port}, trusting only the
-    certificate C{pem} (and checking it names C{localhost}).
-    """
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
-
-    factory = WebSocketClientFactory(f"wss://localhost:{port}/", headers=headers or {})
-    factory.protocol = Client
-    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
-    context = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pem))
-    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, context, timeout=5)
-
-    def opened(client: Client) -> Deferred:
-        def cleanup() -> Deferred:
-            if not client.closed.called:
-                client.dropConnection(abort=True)
-            return client.closed
-
-        testCase.addCleanup(cleanup)
-        return client.opened
-
-    return endpoint.connect(factory).addCallback(opened)
-
-
 # Run in a child process: open the page over https in headless Chromium,
 # connect, send ping, print what #output shows.
 BROWSER_SCRIPT = r"""
@@ -158,7 +130,7 @@ class TLSTests(TestCase):
         A C{wss://} client that checks the certificate gets C{pong}, and its
         new session cookie carries C{Secure}.
         """
-        client = yield connectTLS(self, self.running.port, self.pem)
+        client = yield connect(self, self.running.port, trust=self.pem, hostname="localhost")
         self.assertIn("; Secure", client.setCookie)
         client.send("ping")
         self.assertEqual((yield client.nextMessage()), "pong")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
