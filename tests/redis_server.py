@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from typing import Any, List, Optional
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -114,9 +113,13 @@ class RedisServer:
         for _ in range(int(timeout / 0.05)):
             if self.ready():
                 return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
+            try:
+                # Poll with a bound: wait for the process to exit, at most
+                # 50 ms, then ask again whether it answers.
+                self.process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            break
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stopNow(self) -> None:
