@@ -467,6 +467,25 @@ class FaultTests(SynchronousTestCase):
         a.reactor.advance(a.heartbeat)
         self.assertEqual(a.link.commands[:2], [("DEL", a.nodeKey()), ("SADD", a.nodeKey(), SID_A)])
 
+    def test_presenceWaitsForSubscriptions(self) -> None:
+        """
+        After the subscriber connection comes back, the presence set is
+        rewritten only once Redis has confirmed the subscriptions, so a
+        node that another sees listing a session can already reach it.
+        """
+        (a,) = fakeNodes(1)
+        a.add(SID_A, FakeConnection())
+        a.subscriberLost()
+        confirm: Deferred = Deferred()
+        a.link.subscribe = lambda channels: confirm
+        del a.link.commands[:]
+        a.subscriberReady()
+        a.reactor.advance(a.heartbeat)
+        a.reactor.advance(a.heartbeat)
+        self.assertNotIn(("SADD", a.nodeKey(), SID_A), a.link.commands)
+        confirm.callback(None)
+        self.assertIn(("SADD", a.nodeKey(), SID_A), a.link.commands)
+
     def test_questionsFailWhenDown(self) -> None:
         """
         C{sessionsEverywhere} fails with L{RedisUnavailable} when Redis

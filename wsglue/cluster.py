@@ -263,6 +263,10 @@ class ClusterRegistry(SessionRegistry):
         # Presence must be written in full (DEL + SADD all) before it can be
         # kept up to date one session at a time.
         self._presenceDirty = True
+        # Whether Redis confirmed our subscriptions on the current subscriber
+        # connection.  Presence is written only while it is: whoever sees a
+        # session in Redis must be able to reach it.
+        self._subscribed = False
         self._beating: Optional[LoopingCall] = None
         self._warnPublish = _RateLimitedWarning(reactor)
         self._warnPresence = _RateLimitedWarning(reactor)
@@ -458,13 +462,21 @@ class ClusterRegistry(SessionRegistry):
         """
         channels = [self.allChannel] + [self.sessionChannel(s) for s in self.sessions()]
         # A few thousand channels per command keeps each one small.
-        for i in range(0, len(channels), 1000):
-            self.link.subscribe(channels[i:i + 1000])
+        confirmations = [
+            defer.maybeDeferred(lambda batch=batch: self.link.subscribe(batch))
+            for batch in (channels[i:i + 1000] for i in range(0, len(channels), 1000))
+        ]
+        d = defer.gatherResults(confirmations, consumeErrors=True)
+        d.addCallbacks(self._resubscribed, lambda f: None, callbackArgs=(len(channels) - 1,))
+
+    def _resubscribed(self, _: Any, sessions: int) -> None:
         _log.info(
             "cluster node {node} subscribed at {url}: {n} sessions",
-            node=self.nodeId[:8], url=str(self.url), n=len(channels) - 1,
+            node=self.nodeId[:8], url=str(self.url), n=sessions,
         )
-        # Whatever happened while we were away, rewrite presence in full.
+        # Whatever happened while we were away, rewrite presence in full, now
+        # that every session we hold can be reached.
+        self._subscribed = True
         self._presenceDirty = True
         self._beat()
 
@@ -472,6 +484,7 @@ class ClusterRegistry(SessionRegistry):
         """
         The subscriber connection is gone; txredisapi reconnects it.
         """
+        self._subscribed = False
         _log.warn(
             "cluster node {node} lost Redis at {url}; local traffic goes on, reconnecting",
             node=self.nodeId[:8], url=str(self.url),
@@ -514,7 +527,7 @@ class ClusterRegistry(SessionRegistry):
     def _presence(self, command: str, sid: str) -> None:
         if self._presenceDirty:
             return  # the next heartbeat writes it all
-        if not self.link.available():
+        if not self.link.available() or not self._subscribed:
             self._presenceDirty = True
             return
         self._tolerate(self.link.execute(command, self.nodeKey(), sid))
@@ -534,7 +547,10 @@ class ClusterRegistry(SessionRegistry):
         key = self.nodeKey()
         ttl = str(int(max(1, round(self.ttl))))
         try:
-            if self._presenceDirty:
+            if self._presenceDirty and not self._subscribed:
+                # Written in full once the subscriptions are confirmed.
+                ds = []
+            elif self._presenceDirty:
                 self._presenceDirty = False
                 ds = [self.link.execute("DEL", key)]
                 sids = self.sessions()
