@@ -160,6 +160,19 @@ class SendTests(SynchronousTestCase):
     C{send}, C{broadcast} and C{close}.
     """
 
+    def test_onlyStrOrBytes(self) -> None:
+        """
+        A message that is neither C{str} nor C{bytes} is refused with
+        L{TypeError} before anything is sent (C{bytes(5)} would otherwise
+        send five NUL bytes).
+        """
+        registry = SessionRegistry()
+        conn = FakeConnection()
+        registry.add(A, conn)
+        self.assertRaises(TypeError, registry.send, A, 5)
+        self.assertRaises(TypeError, registry.broadcast, 5)
+        self.assertEqual(conn.received(), [])
+
     def setUp(self) -> None:
         self.registry = SessionRegistry()
         self.a1, self.a2, self.b1 = FakeConnection("a1"), FakeConnection("a2"), FakeConnection("b1")

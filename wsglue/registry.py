@@ -66,7 +66,10 @@ def prepare(message: Message) -> PreparedMessage:
     """
     if isinstance(message, str):
         return PreparedMessage(message.encode("utf-8"), False, False, True)
-    return PreparedMessage(bytes(message), True, False, True)
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return PreparedMessage(bytes(message), True, False, True)
+    # bytes(5) would be five NUL bytes: a wrong type is the caller's bug.
+    raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
 
 
 class SessionRegistry:
