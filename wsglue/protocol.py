@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from wsglue.cookies import SessionCookies, shortId
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
+from wsglue.masking import createXorMasker
 from wsglue.origin import OriginPolicy
 from wsglue.registry import Message, SessionRegistry, forLog
 
@@ -58,6 +59,10 @@ class _LazyPformat(str):
 # seventh of the CPU time of a handshake.  Deferring the pformat keeps the
 # line identical for whoever does log at debug level.
 _autobahnProtocol.pformat = _LazyPformat
+
+# Autobahn unmasks every client frame with a masker built for it; for small
+# frames wsglue's is three times cheaper (see wsglue.masking).
+_autobahnProtocol.create_xor_masker = createXorMasker
 
 # What Autobahn keeps of the opening handshake; see _dropHandshakeState.
 _HANDSHAKE_STATE = (
