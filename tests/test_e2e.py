@@ -19,6 +19,7 @@ from tests.common import (
     connect,
     cookieValue,
     freePort,
+    makeCertificate,
     handshakeRequest,
     rawConnect,
     serve,
@@ -26,47 +27,6 @@ from tests.common import (
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
-
-
-def selfSignedPem(path: str) -> bytes:
-    """
-    Write a key and a self-signed certificate for 127.0.0.1 to C{path} (the
-    form C{ssl:...:privateKey=} reads); return the certificate's PEM.
-    """
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    certPem = cert.public_bytes(serialization.Encoding.PEM)
-    keyPem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    with open(path, "wb") as f:
-        f.write(keyPem + certPem)
-    return certPem
 
 
 RECORDER = "tests.handlers_for_tests:Recorder"
@@ -725,9 +685,10 @@ class TLSTests(TestCase):
         Over an C{ssl:} endpoint a real TLS client is served, the page's own
         C{https} origin is accepted, and the cookie is C{Secure}.
         """
-        pem = os.path.abspath(self.mktemp())
-        certPem = selfSignedPem(pem)
-        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+        keyPath, certPath, certPem = makeCertificate(os.path.abspath(self.mktemp()))
+        running = serve(
+            self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
+        )
         client = yield connect(
             self, running.port, {"Origin": f"https://127.0.0.1:{running.port}"}, trust=certPem
         )
@@ -740,9 +701,10 @@ class TLSTests(TestCase):
         """
         Over TLS an C{http} origin is not the page's origin: refused.
         """
-        pem = os.path.abspath(self.mktemp())
-        certPem = selfSignedPem(pem)
-        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+        keyPath, certPath, certPem = makeCertificate(os.path.abspath(self.mktemp()))
+        running = serve(
+            self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
+        )
         d = connect(self, running.port, {"Origin": f"http://127.0.0.1:{running.port}"}, trust=certPem)
         yield self.assertFailure(d, ConnectionError)
 

@@ -6,18 +6,16 @@ cookie flag, and what C{--trust-proxy} takes from a reverse proxy.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import sys
-from typing import Any, Tuple
+from typing import Any
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from tests.common import connect, serve
+from tests.common import connect, makeCertificate, serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -25,56 +23,6 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--ignore-certificate-errors",
 ]
-
-
-def makeCertificate(folder: str) -> Tuple[str, str, bytes]:
-    """
-    A self-signed certificate for C{localhost} and C{127.0.0.1}, valid for
-    a day, written to C{folder}.
-
-    @return: the key path, the certificate path and the certificate PEM.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    os.makedirs(folder, exist_ok=True)
-    keyPath = os.path.join(folder, "key.pem")
-    certPath = os.path.join(folder, "cert.pem")
-    with open(keyPath, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    os.chmod(keyPath, 0o600)
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    with open(certPath, "wb") as f:
-        f.write(pem)
-    return keyPath, certPath, pem
 
 
 # Run in a child process: open the page over https in headless Chromium,
