@@ -545,7 +545,13 @@ class Session:
         loaders = self.loaders[: max(1, min(self.config.echo_loaders, len(self.loaders)))]
         meter = CpuMeter(self.server.pids, lambda: [l.pid for l in loaders])
         for loader, share in zip(loaders, split(n, len(loaders))):
-            loader.send(cmd="echo", n=share, seconds=self.config.seconds, warmup=self.config.warmup)
+            loader.send(
+                cmd="echo",
+                n=share,
+                seconds=self.config.seconds,
+                warmup=self.config.warmup,
+                client=self.config.echo_client,
+            )
         count, seconds, opened, lat = 0, 0.0, 0, []
         for loader, share in zip(loaders, split(n, len(loaders))):
             r = loader.expect("echo", 60 + self.config.seconds + self.config.warmup)
@@ -745,6 +751,12 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--broadcast-timeout", type=float, default=10.0)
     p.add_argument("--loaders", type=int, default=4, help="load processes (at least)")
     p.add_argument("--echo-loaders", type=int, default=2, help="load processes for echo")
+    p.add_argument(
+        "--echo-client",
+        choices=("raw", "ws"),
+        default="raw",
+        help="echo clients: raw sockets with prebuilt frames, or Node ws clients",
+    )
     p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
     p.add_argument("--workers", type=int, default=8,
                    help="wsglue-cluster's --workers (each process holds < 20,000 files)")

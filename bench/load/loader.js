@@ -19,8 +19,9 @@
 //       with the arrival times once all arrived or S seconds passed.
 //   {"cmd":"trigger","message":M}   send M on the first held connection.
 //   {"cmd":"closeall"}              close every held connection.
-//   {"cmd":"echo","n":N,"seconds":S,"warmup":W}
-//       N `ws` clients in a closed loop (ping, wait for pong, ping ...).
+//   {"cmd":"echo","n":N,"seconds":S,"warmup":W,"client":"raw"|"ws"}
+//       N clients in a closed loop (ping, wait for pong, ping ...): raw
+//       sockets with prebuilt frames (the default), or `ws` clients.
 //   {"cmd":"exit"}
 'use strict';
 
@@ -88,17 +89,17 @@ function parseFrames(conn) {
       len = Number(buf.readBigUInt64BE(off + 2)); head = 10;
     }
     if (buf.length - off < head + len) break;
-    onFrame(conn, opcode, buf.subarray(off + head, off + head + len));
+    conn.frame(conn, opcode, buf.subarray(off + head, off + head + len));
     off += head + len;
   }
   conn.buf = off === buf.length ? EMPTY : buf.subarray(off);
 }
 const EMPTY = Buffer.alloc(0);
 
-function openOne(timeoutMs) {
+function openOne(timeoutMs, list = held, frame = onFrame) {
   return new Promise((resolve) => {
     const started = now();
-    const conn = { sock: null, buf: EMPTY, open: false, got: false };
+    const conn = { sock: null, buf: EMPTY, open: false, got: false, frame, sentAt: 0 };
     let settled = false;
     const done = (ok) => {
       if (settled) return;
@@ -116,8 +117,8 @@ function openOne(timeoutMs) {
     sock.on('close', () => {
       if (conn.open) {
         conn.open = false;
-        const i = held.indexOf(conn);
-        if (i >= 0) held.splice(i, 1);
+        const i = list.indexOf(conn);
+        if (i >= 0) list.splice(i, 1);
       }
       done(false);
     });
@@ -128,7 +129,7 @@ function openOne(timeoutMs) {
         if (end < 0) return;
         if (conn.buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101') return done(false);
         conn.open = true;
-        held.push(conn);
+        list.push(conn);
         conn.buf = conn.buf.subarray(end + 4);
         done(true);
       }
@@ -176,9 +177,9 @@ function arm(tag, timeoutS) {
   if (held.length === 0) finishArm();
 }
 
-function closeAll() {
+function closeAll(list = held) {
   return new Promise((resolve) => {
-    const conns = held.splice(0);
+    const conns = list.splice(0);
     let left = conns.length;
     if (!left) return resolve();
     const deadline = setTimeout(() => { for (const c of conns) c.sock.destroy(); resolve(); }, 10000);
@@ -188,6 +189,58 @@ function closeAll() {
       c.sock.end(maskedFrame(0x8, Buffer.from([0x03, 0xe8])));
     }
   });
+}
+
+// -- echo: raw clients in a closed loop ------------------------------------
+//
+// Each client writes one prebuilt masked `ping` frame and sends the next when
+// a data frame comes back.  The mask key is fixed but not zero, so the server
+// does the full unmasking work; building and parsing frames here costs a
+// fraction of what a `ws` client spends, which leaves the two cores to the
+// server under test.
+
+const ECHO_MASK = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+const ECHO_PING = (() => {
+  const payload = Buffer.from('ping');
+  const frame = Buffer.alloc(6 + payload.length);
+  frame[0] = 0x81;
+  frame[1] = 0x80 | payload.length;
+  ECHO_MASK.copy(frame, 2);
+  for (let i = 0; i < payload.length; i++) frame[6 + i] = payload[i] ^ ECHO_MASK[i % 4];
+  return frame;
+})();
+
+async function echoRaw(n, seconds, warmup) {
+  const conns = [];
+  const lat = [];
+  let measuring = false, stopped = false, count = 0;
+  const frame = (conn, opcode, payload) => {
+    if (opcode === 0x1 || opcode === 0x2) {
+      const t = now();
+      if (measuring && !stopped) { count++; lat.push(Math.round((t - conn.sentAt) * 1000) / 1000); }
+      if (!stopped) { conn.sentAt = t; conn.sock.write(ECHO_PING); }
+    } else {
+      onFrame(conn, opcode, payload);
+    }
+  };
+  let next = 0, failed = 0;
+  const worker = async () => {
+    while (next < n && failed < 100) {
+      next++;
+      if (!(await openOne(20000, conns, frame)).ok) failed++;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(64, n)) }, worker));
+  const opened = conns.length;
+  for (const c of conns) { c.sentAt = now(); c.sock.write(ECHO_PING); }
+  await new Promise((resolve) => setTimeout(resolve, warmup * 1000));
+  measuring = true;
+  const tStart = now();
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  stopped = true;
+  const tEnd = now();
+  await closeAll(conns);
+  return { ev: 'echo', opened, failed: n - opened, count, seconds: (tEnd - tStart) / 1000, lat };
 }
 
 // -- echo: ws clients in a closed loop -------------------------------------
@@ -251,7 +304,9 @@ rl.on('line', (line) => {
         break;
       }
       case 'closeall': await closeAll(); reply({ ev: 'closed' }); break;
-      case 'echo': reply(await echo(cmd.n, cmd.seconds, cmd.warmup)); break;
+      case 'echo':
+        reply(await (cmd.client === 'ws' ? echo : echoRaw)(cmd.n, cmd.seconds, cmd.warmup));
+        break;
       case 'exit': process.exit(0); break;
       default: reply({ ev: 'error', error: `unknown command ${cmd.cmd}` });
     }
