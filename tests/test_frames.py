@@ -108,8 +108,9 @@ class ReadFramesTests(ProtocolTestCase):
     def feed(self, data: bytes, cuts: List[int], fast: bool, maxMessageSize: int) -> Any:
         factory = self.makeFactory(handlerFactory=Recorder, maxMessageSize=maxMessageSize)
         proto, transport, _ = self.connect(factory=factory)
-        self.assertTrue(proto._readFramesFast)
-        proto._readFramesFast = fast
+        self.assertTrue(proto._frameLimit)
+        if not fast:
+            proto._frameLimit = 0
         start = 0
         for cut in cuts + [len(data)]:
             proto.dataReceived(data[start:cut])
@@ -205,7 +206,7 @@ class ReadFramesTests(ProtocolTestCase):
             factory = self.makeFactory()
             setattr(factory, option, True)
             proto, transport, _ = self.connect(factory=factory)
-            self.assertFalse(proto._readFramesFast, option)
+            self.assertEqual(proto._frameLimit, 0, option)
 
 
 class SendTests(ProtocolTestCase):

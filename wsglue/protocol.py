@@ -64,7 +64,7 @@ _autobahnProtocol.pformat = _LazyPformat
 # frames wsglue's is three times cheaper (see wsglue.masking).
 _autobahnProtocol.create_xor_masker = createXorMasker
 
-# What Autobahn keeps of the opening handshake; see _dropHandshakeState.
+# What Autobahn keeps of the opening handshake; see _compact.
 _HANDSHAKE_STATE = (
     "http_headers",
     "http_request_data",
@@ -77,6 +77,53 @@ _HANDSHAKE_STATE = (
     "websocket_extensions",
     "_wskey",
 )
+
+# State Autobahn sets on every connection that, on an open connection, nearly
+# always holds its initial value: a flag not raised, a code or timer not
+# there yet, an extension not negotiated.  GlueServerProtocol carries these
+# values as class attributes, so that an open connection need not hold them
+# itself (see _compact); Autobahn sets its own value again when one changes.
+_COLD_DEFAULTS: Dict[str, Any] = dict.fromkeys(
+    (
+        "_perMessageCompress",
+        "autoPingPending",
+        "autoPingPendingSent",
+        "closeHandshakeTimeoutCall",
+        "localCloseCode",
+        "localCloseReason",
+        "openHandshakeTimeoutCall",
+        "remoteCloseCode",
+        "remoteCloseReason",
+        "trackedTimings",
+        "wasNotCleanReason",
+        "websocket_protocol_in_use",
+    )
+    + _HANDSHAKE_STATE,
+    None,
+)
+_COLD_DEFAULTS.update(
+    dict.fromkeys(
+        (
+            "closedByMe",
+            "droppedByMe",
+            "failedByMe",
+            "triggered",
+            "wasClean",
+            "wasCloseHandshakeTimeout",
+            "wasMaxFramePayloadSizeExceeded",
+            "wasMaxMessagePayloadSizeExceeded",
+            "wasOpenHandshakeTimeout",
+            "wasServerConnectionDropTimeout",
+            "wasServingFlashSocketPolicyFile",
+        ),
+        False,
+    )
+)
+_COLD_DEFAULTS["autoPingPendingSeq"] = 0
+
+# Autobahn's protocol options, copied from the factory onto every
+# connection; see GlueServerProtocol._compact.
+_OPTIONS = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
 
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
@@ -123,8 +170,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # The address this connection was admitted for (see Limits.admit).
     _admitted: Optional[str] = None
     _bucket: Optional[TokenBucket] = None
-    # Whether _readFrames may read this connection's frames (see onOpen).
-    _readFramesFast = False
+    # The longest frame _readFrames reads on this connection; 0 when it
+    # reads none (see _shortFrameLimit).
+    _frameLimit = 0
 
     # -- handshake ----------------------------------------------------------
 
@@ -154,8 +202,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
         return None, response
 
     def onOpen(self) -> None:
-        self._dropHandshakeState()
-        self._readFramesFast = self._fastPathAllowed()
+        self._frameLimit = self._shortFrameLimit()
+        self._compact()
         factory: GlueServerFactory = self.factory
         sid = self.sid
         limits = factory.limits
@@ -215,18 +263,39 @@ class GlueServerProtocol(WebSocketServerProtocol):
         factory.handler.closed(sid, self)
         factory.connectionGone()
 
-    def _dropHandshakeState(self) -> None:
-        # Autobahn keeps the opening handshake (request bytes, parsed
-        # headers, response text) for the life of the connection, and an
-        # empty deque for chopped sends that wsglue never makes.  Nothing
-        # reads them once the connection is open, and together they are
-        # about 2 KiB of every idle session.
+    def _compact(self) -> None:
+        """
+        Shrink what an open connection holds.
+
+        Autobahn gives every connection about 90 attributes: its ~30
+        protocol options copied from the factory, the opening handshake
+        (request bytes, parsed headers, response text: nothing reads them
+        once the connection is open), and flags and codes at their initial
+        values.  Their dictionary alone was 3.3 KB of every idle session.
+
+        The connection moves to a subclass of its class that carries its
+        options as class attributes (one subclass for all the connections
+        that got the same options from the factory), and keeps in its own
+        dictionary only what differs from those and from
+        L{_COLD_DEFAULTS}.  Autobahn reads and sets every one of these
+        attributes as before: a read finds the class attribute, a write
+        gives the connection its own value again.
+        """
         state = self.__dict__
-        for name in _HANDSHAKE_STATE:
-            if name in state:
-                state[name] = None
+        options = {name: state[name] for name in _OPTIONS if name in state}
+        self.__class__ = self.factory.optionsClass(type(self), options)
         if not self.send_queue:
-            self.send_queue = ()  # type: ignore[assignment]
+            # An empty deque, for chopped sends that wsglue never makes.
+            state["send_queue"] = ()
+        kept = {}
+        for name, value in state.items():
+            if name in options or name in _HANDSHAKE_STATE:
+                continue
+            if name in _COLD_DEFAULTS and value is _COLD_DEFAULTS[name]:
+                continue
+            kept[name] = value
+        # A new dictionary, sized for what is left.
+        self.__dict__ = kept
 
     # -- the hot path -------------------------------------------------------
     #
@@ -238,7 +307,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         if (
-            self._readFramesFast
+            self._frameLimit
             and self.state == STATE_OPEN
             and not self.data
             and self.current_frame is None
@@ -249,12 +318,14 @@ class GlueServerProtocol(WebSocketServerProtocol):
                 return
         self._dataReceived(data)
 
-    def _fastPathAllowed(self) -> bool:
+    def _shortFrameLimit(self) -> int:
         """
-        Whether L{_readFrames} may read this connection's frames: nothing
-        negotiated or switched on that the short path leaves out.
+        The longest payload L{_readFrames} may read on this connection: 125
+        bytes (a frame with a one-byte length), or less under a smaller size
+        limit; 0 if something is negotiated or switched on that the short
+        path leaves out.
         """
-        return not (
+        if (
             self._perMessageCompress is not None
             or self._listeners
             or self.logOctets
@@ -263,7 +334,13 @@ class GlueServerProtocol(WebSocketServerProtocol):
             or not self.utf8validateIncoming
             or not self.requireMaskedClientFrames
             or not self.applyMask
-        )
+        ):
+            return 0
+        limit = 125
+        for size in (self.maxFramePayloadSize, self.maxMessagePayloadSize):
+            if 0 < size < limit:
+                limit = size
+        return limit
 
     def _readFrames(self, data: bytes) -> bytes:
         """
@@ -278,10 +355,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         frames over the size limits) goes to Autobahn's parser unchanged,
         which gives protocol errors their close codes as before.
         """
-        limit = 125
-        for size in (self.maxFramePayloadSize, self.maxMessagePayloadSize):
-            if 0 < size < limit:
-                limit = size
+        limit = self._frameLimit
         end = len(data)
         pos = 0
         while end - pos >= 6:
@@ -321,9 +395,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
         return data[pos:] if pos else data
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
-        if sync or chopsize or self.send_queue or self.logOctets or self.state != STATE_OPEN:
+        # (_frameLimit is 0 when Autobahn must see every write: logOctets.)
+        if sync or chopsize or self.send_queue or not self._frameLimit or self.state != STATE_OPEN:
             if not isinstance(self.send_queue, deque):
-                self.send_queue = deque()  # see _dropHandshakeState
+                self.send_queue = deque()  # see _compact
             WebSocketServerProtocol.sendData(self, data, sync, chopsize)
         else:
             self.transport.write(data)
@@ -402,6 +477,12 @@ class GlueServerProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
 
+# The values an open connection leaves out of its own dictionary.
+for _name, _value in _COLD_DEFAULTS.items():
+    setattr(GlueServerProtocol, _name, _value)
+del _name, _value
+
+
 class GlueServerFactory(WebSocketServerFactory):
     """
     Builds L{GlueServerProtocol}s and owns what they share.
@@ -446,6 +527,7 @@ class GlueServerFactory(WebSocketServerFactory):
         self.trustProxy = trustProxy
         self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self._emptyWaiters: List[Deferred] = []
+        self._optionsClasses: Dict[type, Tuple[type, Dict[str, Any]]] = {}
         self.setProtocolOptions(
             # Answer protocol errors with a close frame carrying the code
             # (1002, 1003, 1007, 1009) rather than dropping the TCP connection.
@@ -463,6 +545,24 @@ class GlueServerFactory(WebSocketServerFactory):
             # allows it, instead of Autobahn's 400.
             allowNullOrigin=True,
         )
+
+    def optionsClass(self, base: type, options: Dict[str, Any]) -> type:
+        """
+        A subclass of C{base} that carries C{options} (Autobahn's protocol
+        options, as a connection copied them from this factory) as class
+        attributes; the same class for as long as the options stay the
+        same objects.  See L{GlueServerProtocol._compact}.
+        """
+        known = self._optionsClasses.get(base)
+        if known is not None:
+            cls, values = known
+            if values.keys() == options.keys() and all(
+                values[name] is value for name, value in options.items()
+            ):
+                return cls
+        cls = type(base.__name__, (base,), dict(options, __module__=base.__module__))
+        self._optionsClasses[base] = (cls, options)
+        return cls
 
     def isSecureRequest(self, transport: Any, headers: Dict[str, str]) -> bool:
         """

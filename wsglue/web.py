@@ -151,6 +151,32 @@ class DeadlineChannel(HTTPChannel):
             self.transport.abortConnection()
 
 
+class WebSocketUpgrade(WebSocketResource):
+    """
+    Autobahn's L{WebSocketResource}, letting go of the HTTP channel once the
+    connection belongs to the WebSocket protocol.
+
+    The channel registered itself as the TCP transport's producer when the
+    connection was made, and Autobahn's takeover leaves it there: the
+    channel, the upgrade request, its headers and its body then lived as
+    long as the WebSocket session, about 2 KiB of every idle session.  The
+    channel never paused the transport after the takeover (a request was
+    being handled), so nothing is lost by unregistering it.
+    """
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        transport = channel.transport
+        result = WebSocketResource.render(self, request)
+        if transport is not None and channel.transport is None:
+            if getattr(transport, "producer", None) is channel:
+                transport.unregisterProducer()
+            # The request and the channel refer to each other; unlinking
+            # them frees both at once rather than at the next collection.
+            channel.requests = []
+        return result
+
+
 class GlueSite(Site):
     """
     The L{Site} of wsglue: plain HTTP/1.1 channels with a handshake
@@ -184,7 +210,7 @@ def makeSite(
     """
     # A file whose type is not known is bytes, not HTML (File's default).
     static = StaticFolder(staticPath, defaultType="application/octet-stream")
-    root = GlueRoot(static, WebSocketResource(factory))
+    root = GlueRoot(static, WebSocketUpgrade(factory))
     site = GlueSite(root, timeout=timeout, reactor=reactor)
     site.displayTracebacks = False
     site.handshakeTimeout = handshakeTimeout or None
