@@ -7,7 +7,10 @@ WebSocket is open.  How fast they are is measured by the bench
 
 from __future__ import annotations
 
+import gc
 import socket
+import struct
+import weakref
 from typing import Any, List
 
 from twisted.internet import reactor
@@ -15,7 +18,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from twisted.web.http import HTTPChannel
+
 from tests.common import connect, serve
+from tests.handlers_for_tests import Recorder
+from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
+from wsglue.protocol import GlueServerProtocol
+from wsglue.web import WebSocketUpgrade
 from wsglue.fastwrite import ImmediateWriteServer, useImmediateWrites
 from wsglue.protocol import _LazyPformat
 
@@ -156,6 +165,94 @@ class OpenConnectionTests(TestCase):
             self.assertIsNone(getattr(conn, name), name)
         client.send("ping")
         self.assertEqual(await client.nextMessage(), "pong")
+
+    async def test_httpChannelReleased(self) -> None:
+        """
+        Once the WebSocket takes the connection over, the HTTP channel is no
+        longer the transport's producer, and the upgrade request it served
+        is freed; the connection still works both ways.
+        """
+        running = serve(self)
+        requests: List[Any] = []
+        original = WebSocketUpgrade.render
+
+        def render(resource: Any, request: Any) -> Any:
+            requests.append(weakref.ref(request))
+            return original(resource, request)
+
+        self.patch(WebSocketUpgrade, "render", render)
+        client = await connect(self, running.port)
+        [conn] = list(running.registry.allConnections())
+        self.assertNotIsInstance(conn.transport.producer, HTTPChannel)
+        gc.collect()
+        self.assertEqual(len(requests), 1)
+        self.assertIsNone(requests[0]())
+        client.send("ping")
+        self.assertEqual(await client.nextMessage(), "pong")
+        running.registry.send(conn.sid, "to you")
+        self.assertEqual(await client.nextMessage(), "to you")
+
+
+class CompactTests(ProtocolTestCase):
+    """
+    An open connection holds only what differs from its options class and
+    Autobahn's initial values, and reads and sets them as before.
+    """
+
+    def test_ownDictionarySmall(self) -> None:
+        """
+        Neither the options nor the handshake state nor initial values stay
+        in an open connection's own dictionary, but they read as before.
+        """
+        factory = self.makeFactory(maxMessageSize=1234, pingInterval=0)
+        proto, transport, _ = self.connect(factory=factory)
+        own = vars(proto)
+        for name in GlueServerProtocol.CONFIG_ATTRS:
+            self.assertNotIn(name, own)
+            self.assertEqual(getattr(proto, name), getattr(factory, name), name)
+        for name in ("http_headers", "http_request_data", "wasClean", "closedByMe"):
+            self.assertNotIn(name, own)
+        self.assertEqual(proto.maxMessagePayloadSize, 1234)
+        self.assertFalse(proto.wasClean)
+        self.assertIsNone(proto.http_headers)
+        self.assertLess(len(own), 35)
+
+    def test_optionsClassShared(self) -> None:
+        """
+        Connections that got the same options share one options class, a
+        subclass of the factory's protocol; a connection made after the
+        factory's options change gets a class with the new values, and the
+        older connection keeps its own.
+        """
+        factory = self.makeFactory(maxMessageSize=100, pingInterval=0)
+        first, _, _ = self.connect(factory=factory)
+        second, _, _ = self.connect(factory=factory)
+        self.assertIs(type(first), type(second))
+        self.assertTrue(issubclass(type(first), GlueServerProtocol))
+        self.assertIsNot(type(first), GlueServerProtocol)
+        factory.setProtocolOptions(maxMessagePayloadSize=200, maxFramePayloadSize=200)
+        third, transport, _ = self.connect(factory=factory)
+        self.assertIsNot(type(third), type(first))
+        self.assertEqual(third.maxMessagePayloadSize, 200)
+        self.assertEqual(first.maxMessagePayloadSize, 100)
+        third.dataReceived(clientFrame(1, b"x" * 150))
+        self.assertEqual(self.frames(transport), [(1, b"ok")])
+
+    def test_setAgain(self) -> None:
+        """
+        Autobahn's closing handshake sets the flags it left at their
+        initial values: they become the connection's own again, and the
+        close is reported as clean.
+        """
+        factory = self.makeFactory(handlerFactory=Recorder, pingInterval=0)
+        proto, transport, _ = self.connect(factory=factory)
+        proto.dataReceived(clientFrame(1, b"close"))
+        self.assertEqual([(op, closeCode(p)) for op, p in self.frames(transport)], [(8, 4000)])
+        self.assertTrue(proto.closedByMe)
+        self.assertIn("closedByMe", vars(proto))
+        self.assertFalse(GlueServerProtocol.closedByMe)
+        proto.dataReceived(clientFrame(8, struct.pack("!H", 4000)))
+        self.assertTrue(proto.wasClean)
 
 
 class LazyPformatTests(SynchronousTestCase):

@@ -560,7 +560,14 @@ class GlueServerFactory(WebSocketServerFactory):
                 values[name] is value for name, value in options.items()
             ):
                 return cls
-        cls = type(base.__name__, (base,), dict(options, __module__=base.__module__))
+        attributes = {
+            # A function as a class attribute would read as a bound method
+            # (perMessageCompressionAccept is one).
+            name: staticmethod(value) if hasattr(type(value), "__get__") else value
+            for name, value in options.items()
+        }
+        attributes["__module__"] = base.__module__
+        cls = type(base.__name__, (base,), attributes)
         self._optionsClasses[base] = (cls, options)
         return cls
 
