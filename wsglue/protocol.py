@@ -24,6 +24,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from wsglue.cookies import SessionCookies, shortId
+from wsglue.fastwrite import ImmediateWriteServer
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
 from wsglue.masking import createXorMasker
@@ -444,7 +445,12 @@ class GlueServerProtocol(WebSocketServerProtocol):
         """
         if self.state != STATE_OPEN or self._sendBufferFull():
             return False
-        self.sendPreparedMessage(prepared)
+        if self._frameLimit:
+            # No compression negotiated (see _shortFrameLimit): the frame
+            # goes as built.
+            self.sendData(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
         return True
 
     def _sendBufferFull(self) -> bool:
@@ -454,8 +460,17 @@ class GlueServerProtocol(WebSocketServerProtocol):
         is queued for it, so a slow consumer costs at most the limit plus
         one message.
         """
+        transport = self.transport
+        if (
+            type(transport) is ImmediateWriteServer
+            and not transport.dataBuffer
+            and not transport._tempDataLen
+            and not transport.TLS
+        ):
+            # The common case, on every send: the kernel took everything.
+            return False
         limits = self.factory.limits
-        if not limits.sendBufferFull(self.transport):
+        if not limits.sendBufferFull(transport):
             return False
         limits.bite("closed_send_buffer", sid=shortId(self.sid or ""))
         # The close frame is queued behind what the peer has not read; if
