@@ -7,8 +7,8 @@ Echo throughput of C{--workers 1} against C{--workers 2} (issue 5)::
 For each configuration — one process without Redis, C{--workers 1 --redis},
 C{--workers 2 --redis} — it starts C{twistd -n wsglue} as a user would (with
 a private redis-server on a free loopback port), then drives it with the
-bench's Node load generators (C{bench/load/loader.js}: N C{ws} clients in a
-closed loop, C{ping} → C{pong} → C{ping} …) and prints round trips per
+bench's Node load generators (C{bench/load/loader.js}: N raw-socket clients
+in a closed loop, C{ping} → C{pong} → C{ping} …) and prints round trips per
 second and the p50/p99 latency, median over the repetitions, plus the JSON.
 
 Only the processes started here are stopped, by their PID, also on failure.
