@@ -219,6 +219,25 @@ class ReadFramesTests(ProtocolTestCase):
             self.assertEqual(proto._frameLimit, 0, option)
 
 
+    def test_offForSubclassHooks(self) -> None:
+        """
+        A subclass that overrides a message hook (here C{onMessage}) gets
+        every frame through Autobahn, so that its hook is called.
+        """
+        seen: List[Any] = []
+
+        class Hooked(GlueServerProtocol):
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                seen.append(payload)
+
+        factory = self.makeFactory()
+        factory.protocol = Hooked
+        proto, transport, _ = self.connect(factory=factory)
+        self.assertEqual(proto._frameLimit, 0)
+        proto.dataReceived(clientFrame(1, b"ping"))
+        self.assertEqual(seen, [b"ping"])
+
+
 class SendTests(ProtocolTestCase):
     """
     The short send path builds the frames Autobahn builds.

@@ -130,6 +130,36 @@ STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 
 
+# The message and frame hooks of Autobahn's protocol; a subclass that
+# overrides one of them sees every frame through Autobahn's parser.
+_FRAME_HOOKS = (
+    "onMessage",
+    "onMessageBegin",
+    "onMessageFrameBegin",
+    "onMessageFrameData",
+    "onMessageFrameEnd",
+    "onMessageEnd",
+    "onFrameBegin",
+    "onFrameData",
+    "onFrameEnd",
+    "processData",
+)
+_plainClasses: Dict[type, bool] = {}
+
+
+def _readsAsAutobahn(cls: type) -> bool:
+    """
+    Whether C{cls} keeps GlueServerProtocol's frame and message hooks, so
+    that its short frame path delivers what Autobahn's parser would.
+    """
+    plain = _plainClasses.get(cls)
+    if plain is None:
+        plain = _plainClasses[cls] = all(
+            getattr(cls, name) is getattr(GlueServerProtocol, name) for name in _FRAME_HOOKS
+        )
+    return plain
+
+
 class _Timer:
     """
     A timer of L{_ExactTimer}: cancelling it after it fired is harmless, as
@@ -327,7 +357,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
         path leaves out.
         """
         if (
-            self._perMessageCompress is not None
+            not _readsAsAutobahn(type(self))
+            or self._perMessageCompress is not None
             or self._listeners
             or self.logOctets
             or self.logFrames
