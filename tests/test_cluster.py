@@ -13,8 +13,11 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,6 +30,8 @@ from wsglue.cluster import (
     OP_SEND,
     ClusterRegistry,
     RedisUnavailable,
+    TxRedisLink,
+    _SubscriberFactory,
     decode,
     encode,
     newNodeId,
@@ -138,6 +143,15 @@ class FakeLink:
         self.channels.difference_update(channels)
 
 
+def settle(*nodes: ClusterRegistry) -> None:
+    """
+    Run the reactor turn in which each node tells Redis of the sessions
+    opened and closed since the last one.
+    """
+    for node in nodes:
+        node.reactor.advance(0)
+
+
 def fakeNodes(count: int, broker: Optional[FakeBroker] = None, **kw: Any) -> List[ClusterRegistry]:
     broker = broker or FakeBroker()
     nodes = []
@@ -234,6 +248,7 @@ class RoutingTests(SynchronousTestCase):
         a, b = fakeNodes(2)
         conn = FakeConnection()
         a.add(SID_A, conn)
+        settle(a)
         self.assertEqual(b.send(SID_A, "hello"), 0)
         self.assertEqual(conn.received, ["hello"])
 
@@ -258,6 +273,7 @@ class RoutingTests(SynchronousTestCase):
         tabA, tabB = FakeConnection(), FakeConnection()
         a.add(SID_A, tabA)
         b.add(SID_A, tabB)
+        settle(a, b)
         c.send(SID_A, "one")
         a.send(SID_A, "two")
         b.send(SID_A, b"\x00three")
@@ -311,6 +327,7 @@ class RoutingTests(SynchronousTestCase):
         tabA, tabB = FakeConnection(), FakeConnection()
         a.add(SID_A, tabA)
         b.add(SID_A, tabB)
+        settle(a, b)
         self.assertEqual(c.close(SID_A, 4001, "bye"), 0)
         self.assertEqual((tabA.closedWith, tabB.closedWith), ([(4001, "bye")], [(4001, "bye")]))
 
@@ -323,9 +340,12 @@ class RoutingTests(SynchronousTestCase):
         one, two = FakeConnection(), FakeConnection()
         a.add(SID_A, one)
         a.add(SID_A, two)
+        settle(a)
         a.remove(SID_A, one)
+        settle(a)
         self.assertIn(a.sessionChannel(SID_A), a.link.channels)
         a.remove(SID_A, two)
+        settle(a)
         self.assertNotIn(a.sessionChannel(SID_A), a.link.channels)
         self.assertIn(a.allChannel, a.link.channels)
 
@@ -338,11 +358,95 @@ class RoutingTests(SynchronousTestCase):
         a._presenceDirty = False
         conn = FakeConnection()
         a.add(SID_A, conn)
+        settle(a)
         a.remove(SID_A, conn)
+        settle(a)
         self.assertEqual(
             [c for c in a.link.commands if c[0] in ("SADD", "SREM")],
             [("SADD", a.nodeKey(), SID_A), ("SREM", a.nodeKey(), SID_A)],
         )
+
+    def test_oneCommandPerTurn(self) -> None:
+        """
+        Sessions opened in one reactor turn are subscribed with one
+        SUBSCRIBE and announced with one SADD; those closed in one turn
+        leave with one UNSUBSCRIBE and one SREM.
+        """
+        (a,) = fakeNodes(1)
+        a._presenceDirty = False
+        subscribed: List[List[str]] = []
+        unsubscribed: List[List[str]] = []
+        subscribe, unsubscribe = a.link.subscribe, a.link.unsubscribe
+        a.link.subscribe = lambda channels: subscribed.append(channels) or subscribe(channels)
+        a.link.unsubscribe = lambda channels: unsubscribed.append(channels) or unsubscribe(channels)
+        del a.link.commands[:]  # the first heartbeat's
+        conns = {sid: FakeConnection() for sid in (SID_A, SID_B)}
+        for sid, conn in conns.items():
+            a.add(sid, conn)
+        self.assertEqual(subscribed, [])
+        settle(a)
+        channels = [a.sessionChannel(SID_A), a.sessionChannel(SID_B)]
+        self.assertEqual(subscribed, [channels])
+        self.assertEqual(a.link.commands, [("SADD", a.nodeKey(), SID_A, SID_B)])
+        del a.link.commands[:]
+        for sid, conn in conns.items():
+            a.remove(sid, conn)
+        settle(a)
+        self.assertEqual(unsubscribed, [channels])
+        self.assertEqual(a.link.commands, [("SREM", a.nodeKey(), SID_A, SID_B)])
+
+    def test_openAndCloseInOneTurn(self) -> None:
+        """
+        A session opened and closed again before the turn ends never
+        reaches Redis; one closed and opened again stays subscribed and
+        present, with no command at all.
+        """
+        (a,) = fakeNodes(1)
+        a._presenceDirty = False
+        del a.link.commands[:]  # the first heartbeat's
+        conn = FakeConnection()
+        a.add(SID_A, conn)
+        a.remove(SID_A, conn)
+        settle(a)
+        self.assertEqual(a.link.commands, [])
+        self.assertNotIn(a.sessionChannel(SID_A), a.link.channels)
+        a.add(SID_A, conn)
+        settle(a)
+        del a.link.commands[:]
+        a.remove(SID_A, conn)
+        a.add(SID_A, conn)
+        settle(a)
+        self.assertEqual(a.link.commands, [])
+        self.assertIn(a.sessionChannel(SID_A), a.link.channels)
+
+    def test_subscriptionsConfirmedChannelByChannel(self) -> None:
+        """
+        The subscriber's SUBSCRIBE of several channels is confirmed once
+        Redis confirmed each of them, and a confirmation of one command
+        never stands in for the next (txredisapi's own subscribe fires on
+        the first confirmation and gives the others to whatever waits).
+        """
+        url = parseRedisURL("redis://127.0.0.1:1/0")
+        link = TxRedisLink(url, Clock())
+        proto = _SubscriberFactory(link, url).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        first = proto.subscribeAll(["a", "b"])
+        second = proto.subscribeAll(["c"])
+        self.assertEqual(
+            transport.value(),
+            b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n",
+        )
+        proto.replyReceived([b"subscribe", b"a", 1])
+        proto.replyReceived([b"subscribe", b"b", 2])
+        self.assertNoResult(second)
+        self.successResultOf(first)
+        proto.replyReceived([b"subscribe", b"c", 3])
+        self.successResultOf(second)
+        third = proto.subscribeAll(["d"])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(third, RedisUnavailable)
 
     def test_channelNamesCarryTheDatabase(self) -> None:
         """
