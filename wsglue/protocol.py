@@ -65,6 +65,9 @@ _autobahnProtocol.pformat = _LazyPformat
 # frames wsglue's is three times cheaper (see wsglue.masking).
 _autobahnProtocol.create_xor_masker = createXorMasker
 
+# Of _SHED, what goes whatever its value (the others only when empty).
+_SHEDDABLE = ("trafficStats", "_transport_details")
+
 # What Autobahn keeps of the opening handshake; see _compact.
 _HANDSHAKE_STATE = (
     "http_headers",
@@ -122,9 +125,46 @@ _COLD_DEFAULTS.update(
 )
 _COLD_DEFAULTS["autoPingPendingSeq"] = 0
 
+
+class _NoTrafficStats:
+    """
+    Autobahn's per-connection traffic counters, not kept: every counter
+    reads 0 and adding to one does nothing.  Nothing in wsglue reads them,
+    and wsglue's own frame and send paths never counted.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        pass
+
+
+# What an open connection no longer keeps, and the class attribute that
+# stands for it (see _compact): the traffic counters; the transport details
+# (Autobahn reads them during the handshake only; the public
+# transport_details is typed optional); the subprotocols and extensions
+# negotiated, when there were none.
+_SHED = {
+    "trafficStats": _NoTrafficStats(),
+    "_transport_details": None,
+    "websocket_protocols": (),
+    "websocket_extensions_in_use": (),
+}
+
 # Autobahn's protocol options, copied from the factory onto every
-# connection; see GlueServerProtocol._compact.
-_OPTIONS = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
+# connection, and three values that are the same on every open connection
+# (connected, the sending state, the WebSocket version 13); see
+# GlueServerProtocol._compact.
+_OPTIONS = tuple(WebSocketServerProtocol.CONFIG_ATTRS) + (
+    "connected",
+    "send_state",
+    "websocket_version",
+)
 
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
@@ -308,7 +348,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
         options as class attributes (one subclass for all the connections
         that got the same options from the factory), and keeps in its own
         dictionary only what differs from those and from
-        L{_COLD_DEFAULTS}.  Autobahn reads and sets every one of these
+        L{_COLD_DEFAULTS}.  It also lets go of what L{_SHED} names: the
+        traffic counters, the transport details, and empty lists of
+        subprotocols and extensions.  Autobahn reads and sets every one of these
         attributes as before: a read finds the class attribute, a write
         gives the connection its own value again.
         """
@@ -323,6 +365,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
             if name in options or name in _HANDSHAKE_STATE:
                 continue
             if name in _COLD_DEFAULTS and value is _COLD_DEFAULTS[name]:
+                continue
+            if name in _SHED and (name in _SHEDDABLE or not value):
                 continue
             kept[name] = value
         # A new dictionary, sized for what is left.
@@ -524,7 +568,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
 
 # The values an open connection leaves out of its own dictionary.
-for _name, _value in _COLD_DEFAULTS.items():
+for _name, _value in list(_COLD_DEFAULTS.items()) + list(_SHED.items()):
     setattr(GlueServerProtocol, _name, _value)
 del _name, _value
 
