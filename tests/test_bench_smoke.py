@@ -127,3 +127,31 @@ class BenchSmokeTests(TestCase):
         for name in result["expected"]["wsglue"]:
             self.assertIn(f"| {name} ", out)
         self.assertIn("wsglue/node", out)
+
+
+class InProcessBenchTests(TestCase):
+    """
+    C{python -m bench.inprocess}, tiny: it runs and reports both figures.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_reportsBothPaths(self) -> Any:
+        """
+        It exits 0 and prints the cost per frame and per connection reached,
+        having opened every connection asked for.
+        """
+        collect = _Collect()
+        reactor.spawnProcess(
+            collect,
+            sys.executable,
+            [sys.executable, "-m", "bench.inprocess", "--frames", "200", "--connections", "20"],
+            env=dict(os.environ),
+            path=ROOT,
+        )
+        status = yield collect.ended
+        out = collect.out.decode("utf-8", "replace")
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"echo: \d+\.\d\d us per ping frame")
+        self.assertRegex(out, r"broadcast: \d+\.\d\d us per connection \(best of 3, 20 connections\)")
