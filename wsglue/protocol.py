@@ -518,11 +518,25 @@ class GlueServerProtocol(WebSocketServerProtocol):
         """
         Send a frame built once by the registry for many connections.
         """
-        if self.state != STATE_OPEN or self._sendBufferFull():
+        if self.state != STATE_OPEN:
+            return False
+        transport = self.transport
+        if (
+            self._frameLimit
+            and not self.send_queue
+            and type(transport) is ImmediateWriteServer
+            and not transport.dataBuffer
+            and not transport._tempDataLen
+            and not transport.TLS
+        ):
+            # The common case, once per connection of a broadcast: nothing
+            # held back and no compression negotiated (see _shortFrameLimit),
+            # so the frame goes to the transport as built.
+            transport.write(prepared.payloadHybi)
+            return True
+        if self._sendBufferFull():
             return False
         if self._frameLimit:
-            # No compression negotiated (see _shortFrameLimit): the frame
-            # goes as built.
             self.sendData(prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
