@@ -147,9 +147,12 @@ class SessionRegistry:
             return 0
         prepared = prepare(message)
         reached = 0
-        # A snapshot: a send may close a connection and change the registry.
-        for conn in [conn for conns in self._sessions.values() for conn in conns]:
-            reached += conn.sendPrepared(prepared)
+        # Copies, since a send may close a connection and change the
+        # registry; each session's is taken as it is reached, so that the
+        # first frames leave before the loop has walked every session.
+        for conns in list(self._sessions.values()):
+            for conn in list(conns):
+                reached += conn.sendPrepared(prepared)
         if self.verbose:
             _log.info("==> {text} (broadcast to {n} connections)", text=forLog(message), n=reached)
         return reached
