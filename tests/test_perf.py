@@ -267,7 +267,8 @@ class CompactTests(ProtocolTestCase):
 
 class LazyPformatTests(SynchronousTestCase):
     """
-    Autobahn's per-connection pretty-print is made lazy, not lost.
+    The arguments Autobahn builds for its debug log lines are made lazy,
+    not lost.
     """
 
     def test_formatsLikePformat(self) -> None:
@@ -282,3 +283,23 @@ class LazyPformatTests(SynchronousTestCase):
         self.assertEqual(str(lazy), pformat(value))
         self.assertEqual("{0}".format(lazy), pformat(value))
         self.assertEqual(repr(lazy), pformat(value))
+
+    def test_debugArgumentsFormatLikeAutobahns(self) -> None:
+        """
+        The deferred C{hltype} and C{hlval} that Autobahn's modules now
+        call give the same text as Autobahn's own, once formatted into a
+        log line.
+        """
+        import autobahn.twisted.websocket as twistedModule
+        import autobahn.websocket.protocol as protocolModule
+        from autobahn.util import hltype, hlval
+        from twisted.logger import formatEvent
+
+        for module in (protocolModule, twistedModule):
+            for deferred, original, value in (
+                (module.hltype, hltype, GlueServerProtocol.onOpen),
+                (module.hlval, hlval, "tcp4:127.0.0.1:5000"),
+            ):
+                event = {"log_format": "{func}: {x}", "func": deferred(value), "x": 1}
+                self.assertEqual(formatEvent(event), f"{original(value)}: 1")
+                self.assertEqual(str(deferred(value)), original(value))

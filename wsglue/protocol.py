@@ -15,8 +15,9 @@ from pprint import pformat
 from typing import Any, Dict, List, Optional, Tuple
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+import autobahn.twisted.websocket as _autobahnTwisted
 import autobahn.websocket.protocol as _autobahnProtocol
-from autobahn.util import encode_truncate
+from autobahn.util import encode_truncate, hltype, hlval
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
@@ -33,33 +34,90 @@ from wsglue.registry import Message, SessionRegistry, forLog
 
 _log = Logger()
 
-class _LazyPformat(str):
+class _LazyText(str):
     """
-    C{pformat(obj)}, computed only when it is formatted or printed.  A
-    C{str} (empty until then), so that code expecting pformat's result
+    C{func(*args)}, computed only when it is formatted or printed.  A
+    C{str} (empty until then), so that code expecting the function's text
     still gets a string.
     """
 
-    def __new__(cls, obj: Any) -> "_LazyPformat":
+    def __new__(cls, func: Any, *args: Any, **kwargs: Any) -> "_LazyText":
         self = str.__new__(cls)
-        self.obj = obj
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
         return self
 
     def __str__(self) -> str:
-        return pformat(self.obj)
+        return self.func(*self.args, **self.kwargs)
 
-    def __repr__(self) -> str:
-        return pformat(self.obj)
+    __repr__ = __str__
 
     def __format__(self, spec: str) -> str:
-        return format(pformat(self.obj), spec)
+        return format(self.func(*self.args, **self.kwargs), spec)
 
 
-# Autobahn pretty-prints its ~40 protocol options into a debug log line for
-# every new connection, even when nothing logs at debug level: about a
-# seventh of the CPU time of a handshake.  Deferring the pformat keeps the
-# line identical for whoever does log at debug level.
+class _LaterText:
+    """
+    C{func(arg)}, computed only when it is formatted or printed: a lighter
+    L{_LazyText} (no dictionary per value) for values that only ever reach
+    a log line's format string.
+    """
+
+    __slots__ = ("func", "arg")
+
+    def __init__(self, func: Any, arg: Any) -> None:
+        self.func = func
+        self.arg = arg
+
+    def __str__(self) -> str:
+        return str(self.func(self.arg))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(self.func(self.arg), spec)
+
+
+def _lazy(func: Any) -> Any:
+    """
+    C{func}, made to return a L{_LazyText}.
+    """
+
+    def later(*args: Any, **kwargs: Any) -> _LazyText:
+        return _LazyText(func, *args, **kwargs)
+
+    return later
+
+
+def _later(func: Any) -> Any:
+    """
+    C{func} of one argument, made to return a L{_LaterText}.
+    """
+
+    def later(arg: Any) -> _LaterText:
+        return _LaterText(func, arg)
+
+    return later
+
+
+# pformat's result is also returned from a __str__ (Autobahn's Timings), so
+# it stays a str.
+_LazyPformat = _lazy(pformat)
+
+# Autobahn builds the arguments of its debug log lines on every connection
+# even when nothing logs at debug level: it pretty-prints its ~40 protocol
+# options (about a seventh of the CPU time of a handshake) and colours the
+# names of its methods and values (hltype, hlval: about a sixth of what was
+# left).  Deferring them keeps each line identical for whoever does log at
+# debug level.
 _autobahnProtocol.pformat = _LazyPformat
+# Autobahn passes hltype's and hlval's results to log calls only, always
+# with one argument.
+for _module in (_autobahnProtocol, _autobahnTwisted):
+    _module.hltype = _later(hltype)
+    _module.hlval = _later(hlval)
+del _module
 
 # Autobahn unmasks every client frame with a masker built for it; for small
 # frames wsglue's is three times cheaper (see wsglue.masking).
