@@ -153,5 +153,6 @@ class InProcessBenchTests(TestCase):
         status = yield collect.ended
         out = collect.out.decode("utf-8", "replace")
         self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"handshake: \d+\.\d us per opening handshake \(best of 3, 10 each\)")
         self.assertRegex(out, r"echo: \d+\.\d\d us per ping frame")
         self.assertRegex(out, r"broadcast: \d+\.\d\d us per connection \(best of 3, 20 connections\)")
