@@ -123,9 +123,6 @@ del _module
 # frames wsglue's is three times cheaper (see wsglue.masking).
 _autobahnProtocol.create_xor_masker = createXorMasker
 
-# Of _SHED, what goes whatever its value (the others only when empty).
-_SHEDDABLE = ("trafficStats", "_transport_details")
-
 # What Autobahn keeps of the opening handshake; see _compact.
 _HANDSHAKE_STATE = (
     "http_headers",
@@ -213,6 +210,8 @@ _SHED = {
     "websocket_protocols": (),
     "websocket_extensions_in_use": (),
 }
+# Of _SHED, what goes whatever its value (the others only when empty).
+_SHEDDABLE = ("trafficStats", "_transport_details")
 
 # Autobahn's protocol options, copied from the factory onto every
 # connection, and three values that are the same on every open connection
