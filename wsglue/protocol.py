@@ -257,6 +257,19 @@ def _readsAsAutobahn(cls: type) -> bool:
     return plain
 
 
+def _drained(transport: Any) -> bool:
+    """
+    Whether C{transport} is a plain TCP transport of wsglue's that holds
+    nothing back: the kernel took every byte written so far.
+    """
+    return (
+        type(transport) is ImmediateWriteServer
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+        and not transport.TLS
+    )
+
+
 class _Timer:
     """
     A timer of L{_ExactTimer}: cancelling it after it fired is harmless, as
@@ -407,9 +420,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
         dictionary only what differs from those and from
         L{_COLD_DEFAULTS}.  It also lets go of what L{_SHED} names: the
         traffic counters, the transport details, and empty lists of
-        subprotocols and extensions.  Autobahn reads and sets every one of these
-        attributes as before: a read finds the class attribute, a write
-        gives the connection its own value again.
+        subprotocols and extensions.  Autobahn reads and sets every one of
+        these attributes as before: a read finds the class attribute, a
+        write gives the connection its own value again.
         """
         state = self.__dict__
         options = {name: state[name] for name in _OPTIONS if name in state}
@@ -577,19 +590,11 @@ class GlueServerProtocol(WebSocketServerProtocol):
         """
         if self.state != STATE_OPEN:
             return False
-        transport = self.transport
-        if (
-            self._frameLimit
-            and not self.send_queue
-            and type(transport) is ImmediateWriteServer
-            and not transport.dataBuffer
-            and not transport._tempDataLen
-            and not transport.TLS
-        ):
+        if self._frameLimit and not self.send_queue and _drained(self.transport):
             # The common case, once per connection of a broadcast: nothing
             # held back and no compression negotiated (see _shortFrameLimit),
             # so the frame goes to the transport as built.
-            transport.write(prepared.payloadHybi)
+            self.transport.write(prepared.payloadHybi)
             return True
         if self._sendBufferFull():
             return False
@@ -607,14 +612,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
         one message.
         """
         transport = self.transport
-        if (
-            type(transport) is ImmediateWriteServer
-            and not transport.dataBuffer
-            and not transport._tempDataLen
-            and not transport.TLS
-        ):
-            # The common case, on every send: the kernel took everything.
-            return False
+        if _drained(transport):
+            return False  # the common case, on every send
         limits = self.factory.limits
         if not limits.sendBufferFull(transport):
             return False
