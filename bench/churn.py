@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -28,7 +27,8 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+sys.path.insert(0, ROOT)
+from tests.common import TWISTD, CollectOutput, freePort  # noqa: E402
 
 
 def daemonStats(pid: int) -> Dict[str, int]:
@@ -131,16 +131,6 @@ def churn(reactor: Any, port: int, cycles: int, parallel: int = 8) -> Any:
     return done[0]
 
 
-class _Daemon(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 def sessionBalance(output: str) -> int:
@@ -190,12 +180,6 @@ def measure(reactor: Any, port: int, pid: int, output: Any, cycles: int, warmup:
     }
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=10000)
@@ -203,7 +187,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--parallel", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from twisted.internet import reactor
     from twisted.internet.task import react
 
     port = freePort()
@@ -212,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     @inlineCallbacks
     def run(reactor: Any) -> Any:
-        daemon = _Daemon()
+        daemon = CollectOutput()
         process = reactor.spawnProcess(
             daemon,
             sys.executable,

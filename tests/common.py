@@ -34,6 +34,30 @@ def options(*argv: str) -> Options:
     return o
 
 
+class CollectOutput(protocol.ProcessProtocol):
+    """
+    A child process's output, kept as it arrives: C{out} (stdout), C{err}
+    (stderr) and C{output} (both, in order of arrival).  C{ended} fires
+    with its exit code.
+    """
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.output = b""
+        self.ended: Deferred = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+        if fd == 1:
+            self.out += data
+        elif fd == 2:
+            self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
 class RunningService:
     """
     A wsglue service started in this process on a free loopback port.
@@ -165,14 +189,13 @@ def waitFor(predicate: Any, timeout: float = 5, interval: float = 0.01) -> Any:
         raise AssertionError(f"condition not met within {timeout}s: {predicate}")
 
 
-class _DaemonProtocol(protocol.ProcessProtocol):
+class _DaemonProtocol(CollectOutput):
     def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred = Deferred()
+        CollectOutput.__init__(self)
         self._waiting: List[Tuple[bytes, Deferred]] = []
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
+        CollectOutput.childDataReceived(self, fd, data)
         for item in list(self._waiting):
             if item[0] in self.output:
                 self._waiting.remove(item)

@@ -12,25 +12,15 @@ import shutil
 import sys
 from typing import Any, Dict, List
 
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT
+from tests.common import ROOT, CollectOutput
 
 SERVERS = ["wsglue", "wsglue-cluster", "websockets", "node"]
 
 
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.ended: Deferred = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.out += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 class BenchSmokeTests(TestCase):
@@ -56,7 +46,7 @@ class BenchSmokeTests(TestCase):
         """
         output = os.path.abspath(self.mktemp())
         os.makedirs(output)
-        collect = _Collect()
+        collect = CollectOutput()
         transport = reactor.spawnProcess(
             collect,
             sys.executable,
@@ -80,7 +70,7 @@ class BenchSmokeTests(TestCase):
         if len(files) == 1:
             with open(os.path.join(output, files[0])) as f:
                 result = json.load(f)
-        return status, collect.out.decode("utf-8", "replace"), files, result
+        return status, collect.output.decode("utf-8", "replace"), files, result
 
     @inlineCallbacks
     def test_smokeRunWritesEveryFigure(self) -> Any:
@@ -142,7 +132,7 @@ class InProcessBenchTests(TestCase):
         It exits 0 and prints the cost per frame and per connection reached,
         having opened every connection asked for.
         """
-        collect = _Collect()
+        collect = CollectOutput()
         reactor.spawnProcess(
             collect,
             sys.executable,
@@ -151,7 +141,7 @@ class InProcessBenchTests(TestCase):
             path=ROOT,
         )
         status = yield collect.ended
-        out = collect.out.decode("utf-8", "replace")
+        out = collect.output.decode("utf-8", "replace")
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"handshake: \d+\.\d us per opening handshake \(best of 3, 10 each\)")
         self.assertRegex(out, r"echo: \d+\.\d\d us per ping frame")

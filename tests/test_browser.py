@@ -17,31 +17,17 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import HERE, freePort, spawnDaemon
+from tests.common import HERE, CollectOutput, freePort, spawnDaemon
 
 SCRIPT = os.path.join(HERE, "browser_check.py")
 
 _report: Dict[str, Any] = {}
 
 
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 @inlineCallbacks
@@ -52,7 +38,7 @@ def _browse(testCase: TestCase) -> Any:
         ["--port", f"tcp:{port}:interface=127.0.0.1", "--broadcast-interval", "0.5"],
     )
     yield daemon.waitForOutput("started websocket server at")
-    collect = _Collect()
+    collect = CollectOutput()
     transport = reactor.spawnProcess(
         collect,
         sys.executable,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from tests.common import connect, makeCertificate, serve
+from tests.common import CollectOutput, connect, makeCertificate, serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -47,16 +46,6 @@ with sync_playwright() as p:
 """
 
 
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 class TLSTests(TestCase):
@@ -91,7 +80,7 @@ class TLSTests(TestCase):
         """
         if not os.path.exists(CHROMIUM):
             raise self.skipTest(f"{CHROMIUM} is not installed")
-        collect = _Collect()
+        collect = CollectOutput()
         url = f"https://127.0.0.1:{self.running.port}/"
         process = reactor.spawnProcess(
             collect,
