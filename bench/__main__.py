@@ -35,7 +35,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -458,11 +459,8 @@ class Session:
         Broadcast C{config.messages} times to every held connection; the
         medians of the per-message figures are kept under C{label}.
         """
-        profiler = self.profile(label)
-        try:
+        with self.profiled(label):
             self._broadcast(size, label)
-        finally:
-            self.stopProfile(profiler)
 
     def _broadcast(self, size: int, label: str) -> None:
         held = self.held()
@@ -510,11 +508,20 @@ class Session:
                 break
             time.sleep(0.05)
 
-    def profile(self, label: str) -> Optional[Child]:
+    @contextmanager
+    def profiled(self, label: str) -> Iterator[None]:
         """
         With C{--profile DIR}, record the wsglue processes with py-spy
-        during one phase (collapsed stacks in C{DIR/<label>.txt}).
+        during the phase run inside (collapsed stacks in
+        C{DIR/<label>-r<repetition>.txt}).
         """
+        child = self._startProfile(label)
+        try:
+            yield
+        finally:
+            self._stopProfile(child)
+
+    def _startProfile(self, label: str) -> Optional[Child]:
         if not self.config.profile or not self.server.name.startswith("wsglue"):
             return None
         os.makedirs(self.config.profile, exist_ok=True)
@@ -525,7 +532,7 @@ class Session:
         time.sleep(0.5)  # let py-spy attach before the phase starts
         return child
 
-    def stopProfile(self, child: Optional[Child]) -> None:
+    def _stopProfile(self, child: Optional[Child]) -> None:
         if child is not None and child.proc.poll() is None:
             child.proc.send_signal(signal.SIGINT)
             try:
@@ -535,11 +542,8 @@ class Session:
 
     def echo(self, n: int) -> None:
         label = f"echo{n}"
-        profiler = self.profile(label)
-        try:
+        with self.profiled(label):
             self._echo(n, label)
-        finally:
-            self.stopProfile(profiler)
 
     def _echo(self, n: int, label: str) -> None:
         loaders = self.loaders[: max(1, min(self.config.echo_loaders, len(self.loaders)))]
@@ -571,11 +575,8 @@ class Session:
         baselineFiles = openFiles(self.server.pids())
         sizes = sorted(set(config.broadcast) | {config.idle})
         for size in sizes:
-            profiler = self.profile(f"ramp{size}")
-            try:
+            with self.profiled(f"ramp{size}"):
                 self.rampTo(size)
-            finally:
-                self.stopProfile(profiler)
             if size == config.idle:
                 self.idle("idle", baseline)
             if size in config.broadcast:
@@ -594,11 +595,8 @@ class Session:
             for size in config.big:
                 before, spent = self.handshakes, self.handshakeTime
                 failures = self.failures
-                profiler = self.profile(f"ramp{size}")
-                try:
+                with self.profiled(f"ramp{size}"):
                     self.rampTo(size)
-                finally:
-                    self.stopProfile(profiler)
                 self.figures[f"big{size}_handshake_failures"] = self.failures - failures
                 self.figures[f"big{size}_handshakes_per_s"] = (
                     (self.handshakes - before) / (self.handshakeTime - spent)

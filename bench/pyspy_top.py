@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Dict, Tuple
+from typing import Tuple
 
 
 def summarise(path: str) -> Tuple[int, Counter, Counter]:
