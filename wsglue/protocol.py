@@ -36,25 +36,24 @@ _log = Logger()
 
 class _LazyText(str):
     """
-    C{func(*args)}, computed only when it is formatted or printed.  A
-    C{str} (empty until then), so that code expecting the function's text
-    still gets a string.
+    C{func(arg)}, computed only when it is formatted or printed.  A C{str}
+    (empty until then), for code that needs the function's result to be a
+    string: Autobahn's C{Timings.__str__} returns its C{pformat}.
     """
 
-    def __new__(cls, func: Any, *args: Any, **kwargs: Any) -> "_LazyText":
+    def __new__(cls, func: Any, arg: Any) -> "_LazyText":
         self = str.__new__(cls)
         self.func = func
-        self.args = args
-        self.kwargs = kwargs
+        self.arg = arg
         return self
 
     def __str__(self) -> str:
-        return self.func(*self.args, **self.kwargs)
+        return self.func(self.arg)
 
     __repr__ = __str__
 
     def __format__(self, spec: str) -> str:
-        return format(self.func(*self.args, **self.kwargs), spec)
+        return format(self.func(self.arg), spec)
 
 
 class _LaterText:
@@ -79,31 +78,19 @@ class _LaterText:
         return format(self.func(self.arg), spec)
 
 
-def _lazy(func: Any) -> Any:
+def _lazy(kind: type, func: Any) -> Any:
     """
-    C{func}, made to return a L{_LazyText}.
+    C{func} of one argument, made to return a C{kind} (L{_LazyText} or
+    L{_LaterText}) that calls it when formatted.
     """
 
-    def later(*args: Any, **kwargs: Any) -> _LazyText:
-        return _LazyText(func, *args, **kwargs)
+    def later(arg: Any) -> Any:
+        return kind(func, arg)
 
     return later
 
 
-def _later(func: Any) -> Any:
-    """
-    C{func} of one argument, made to return a L{_LaterText}.
-    """
-
-    def later(arg: Any) -> _LaterText:
-        return _LaterText(func, arg)
-
-    return later
-
-
-# pformat's result is also returned from a __str__ (Autobahn's Timings), so
-# it stays a str.
-_LazyPformat = _lazy(pformat)
+_LazyPformat = _lazy(_LazyText, pformat)
 
 # Autobahn builds the arguments of its debug log lines on every connection
 # even when nothing logs at debug level: it pretty-prints its ~40 protocol
@@ -115,8 +102,8 @@ _autobahnProtocol.pformat = _LazyPformat
 # Autobahn passes hltype's and hlval's results to log calls only, always
 # with one argument.
 for _module in (_autobahnProtocol, _autobahnTwisted):
-    _module.hltype = _later(hltype)
-    _module.hlval = _later(hlval)
+    _module.hltype = _lazy(_LaterText, hltype)
+    _module.hlval = _lazy(_LaterText, hlval)
 del _module
 
 # Autobahn unmasks every client frame with a masker built for it; for small
