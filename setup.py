@@ -34,6 +34,9 @@ setup(
             # The bench's Python peer (websockets.asyncio, new in 13.0),
             # which the bench smoke test starts.
             "websockets>=13.0",
+            # Twisted's own reactor test suites, which tests/test_reactor.py
+            # runs against wsglue's reactor, import it.
+            "pyhamcrest>=2",
         ],
     },
 )

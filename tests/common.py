@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, protocol, reactor
@@ -261,16 +261,17 @@ def spawnDaemon(
     executable: Optional[str] = None,
     tac: Optional[str] = None,
     cwd: Optional[str] = None,
+    twistdArgs: Sequence[str] = (),
 ) -> Daemon:
     """
-    Start C{twistd -n wsglue *args} (or C{twistd -ny tac}) with this Python
-    (or C{executable}); it is stopped when the test ends.
+    Start C{twistd *twistdArgs -n wsglue *args} (or C{twistd -ny tac}) with
+    this Python (or C{executable}); it is stopped when the test ends.
     """
     python = executable or sys.executable
     if tac is not None:
-        argv = [python, "-c", TWISTD, "--pidfile=", "-n", "-y", tac]
+        argv = [python, "-c", TWISTD, "--pidfile=", *twistdArgs, "-n", "-y", tac]
     else:
-        argv = [python, "-c", TWISTD, "--pidfile=", "-n", "wsglue", *args]
+        argv = [python, "-c", TWISTD, "--pidfile=", *twistdArgs, "-n", "wsglue", *args]
     environ = dict(os.environ)
     if executable is None:
         # Run this checkout, plugin included, not whatever is installed.

@@ -572,6 +572,25 @@ class DaemonTests(TestCase):
         self.assertNotIn(sid, daemon.output)
         self.assertNotIn(cookieValue(third.setCookie), daemon.output)
         self.assertNotIn("Traceback", daemon.output)
+        # No reactor chosen: wsglue's own.
+        self.assertIn("reactor class: wsglue.reactor.GlueEPollReactor.", daemon.output)
+
+    @inlineCallbacks
+    def test_chosenReactorKept(self) -> None:
+        """
+        C{twistd -r epoll wsglue} runs on Twisted's own epoll reactor.
+        """
+        port = freePort()
+        daemon = spawnDaemon(
+            self, ["--port", f"tcp:{port}:interface=127.0.0.1"], twistdArgs=["-r", "epoll"]
+        )
+        yield daemon.waitForOutput("started websocket server at")
+        client = yield connect(self, port)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        daemon.signal("TERM")
+        self.assertEqual((yield daemon.ended), 0, daemon.output)
+        self.assertIn("reactor class: twisted.internet.epollreactor.EPollReactor.", daemon.output)
 
     @inlineCallbacks
     def test_sigintExits0(self) -> None:
@@ -658,6 +677,7 @@ class DaemonTests(TestCase):
         daemon.signal("TERM")
         self.assertEqual((yield client.closed)[0], 1001)
         self.assertEqual((yield daemon.ended), 0, daemon.output)
+        self.assertIn("reactor class: wsglue.reactor.GlueEPollReactor.", daemon.output)
 
     @inlineCallbacks
     def test_glueTacBadEnvironment(self) -> None:

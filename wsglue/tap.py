@@ -22,6 +22,7 @@ from wsglue.handlers import PingPong, loadHandler
 from wsglue.keys import KeyFileError, readKeys
 from wsglue.limits import Limits
 from wsglue.origin import OriginPolicy
+from wsglue.reactor import installIfUnchosen
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
 from wsglue.service import WebSocketService
@@ -144,6 +145,9 @@ class Options(usage.Options):
             raise SystemExit(2)
 
     def postOptions(self) -> None:
+        # The first to import the reactor below installs it: under twistd
+        # with no -r, wsglue's own (see wsglue.reactor).
+        installIfUnchosen()
         from twisted.internet import reactor
 
         for name, coerce in NUMBERS.items():
