@@ -10,16 +10,27 @@ that handlers and the registry see: C{send}, C{sendPrepared}, C{close}.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections import deque
 from pprint import pformat
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlparse
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 import autobahn.twisted.websocket as _autobahnTwisted
 import autobahn.websocket.protocol as _autobahnProtocol
 from autobahn.util import encode_truncate, hltype, hlval
-from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
+from autobahn.websocket.protocol import (
+    PreparedMessage,
+    _is_same_origin,
+    _url_to_origin,
+    parseHttpHeader,
+)
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+import txaio
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
@@ -244,6 +255,37 @@ def _readsAsAutobahn(cls: type) -> bool:
     return plain
 
 
+# What _quickHandshake takes: the path "/" with a plain query, and a
+# Sec-WebSocket-Key as Autobahn checks it (24 characters of base64, the
+# last two "==").
+_QUICK_PATH = re.compile(r"/(?:\?[A-Za-z0-9._~%&=+-]*)?")
+_WEBSOCKET_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+_WS_MAGIC = WebSocketServerProtocol._WS_MAGIC
+_quickClasses: Dict[type, bool] = {}
+
+
+def _quickHandshakes(cls: type) -> bool:
+    """
+    Whether C{cls} keeps the C{onConnect} and C{succeedHandshake} that
+    L{GlueServerProtocol._quickHandshake} stands in for.
+    """
+    quick = _quickClasses.get(cls)
+    if quick is None:
+        quick = _quickClasses[cls] = (
+            getattr(cls, "onConnect") is GlueServerProtocol.onConnect
+            and getattr(cls, "succeedHandshake") is WebSocketServerProtocol.succeedHandshake
+        )
+    return quick
+
+
+def _hasToken(value: Optional[str], token: str) -> bool:
+    """
+    Whether the comma-separated header C{value} lists C{token}, as
+    Autobahn reads Upgrade and Connection.
+    """
+    return value is not None and any(part.strip().lower() == token for part in value.split(","))
+
+
 def _drained(transport: Any) -> bool:
     """
     Whether C{transport} is a plain TCP transport of wsglue's that holds
@@ -305,11 +347,19 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # -- handshake ----------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> Tuple[None, Dict[str, str]]:
+        return None, self._admit(request.headers, request.origin)
+
+    def _admit(self, headers: Dict[str, str], origin: str) -> Dict[str, str]:
+        """
+        Admit the handshake with these C{headers} (names in lower case) and
+        C{origin}, or raise L{ConnectionDeny}: the Origin policy, the
+        per-address limit, then the session cookie.  Return the headers to
+        add to the 101 response (C{Set-Cookie} for a new session).
+        """
         factory: GlueServerFactory = self.factory
-        headers = request.headers
         secure = factory.isSecureRequest(self.transport, headers)
-        if not factory.origins.allows(request.origin, headers.get("host", ""), secure):
-            _log.info("origin refused: {origin}", origin=request.origin)
+        if not factory.origins.allows(origin, headers.get("host", ""), secure):
+            _log.info("origin refused: {origin}", origin=origin)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         address = factory.clientAddress(self.transport, headers)
         refusal = factory.limits.admit(address)
@@ -327,7 +377,187 @@ class GlueServerProtocol(WebSocketServerProtocol):
             sid, value = cookies.issue()
             response["Set-Cookie"] = cookies.setCookieHeader(value, secure)
         self.sid = sid
-        return None, response
+        return response
+
+    def processHandshake(self) -> None:
+        if not self._quickHandshake():
+            WebSocketServerProtocol.processHandshake(self)
+
+    def _quickHandshake(self) -> bool:
+        """
+        Answer an opening handshake that Autobahn would accept as it is,
+        without Autobahn's general machinery; return C{False}, having
+        changed nothing, for any other request, which Autobahn then handles
+        (and answers with its status code if it is bad).
+
+        Autobahn's C{processHandshake} checks the request in a few dozen
+        steps, with debug log arguments built at each, parses the URL and
+        query, builds a L{ConnectionRequest}, calls C{onConnect} through a
+        Deferred and answers in C{succeedHandshake}: about a third of the
+        CPU time of a handshake.  This path takes the requests it can be
+        sure of: complete, C{GET /} (a plain query allowed) over HTTP/1.1,
+        one Host (any port), an Upgrade with C{websocket} and a Connection
+        with C{upgrade}, version 13, one well-formed key, no subprotocol,
+        an Origin Autobahn's own check lets through, and extension offers
+        that are well formed and declined (as wsglue's are).  Its checks
+        are Autobahn's, in Autobahn's own words where they are functions
+        (parseHttpHeader, the Origin helpers, the extension parsers); it
+        then admits the connection as C{onConnect} does and writes the
+        response C{succeedHandshake} writes.
+        """
+        if not _quickHandshakes(type(self)) or self.trackedTimings:
+            return False
+        data = self.data
+        end = data.find(b"\r\n\r\n") + 4
+        if end != len(data) or self.maxConnections > 0 or self.trustXForwardedFor:
+            return False
+        try:
+            status, headers, counts = parseHttpHeader(data)
+        except Exception:
+            return False
+        parts = status.split()
+        if (
+            len(parts) != 3
+            or parts[0] != "GET"
+            or parts[2] != "HTTP/1.1"
+            or not _QUICK_PATH.fullmatch(parts[1])
+        ):
+            return False
+        factory: GlueServerFactory = self.factory
+        host = headers.get("host")
+        if host is None or counts["host"] > 1:
+            return False
+        host = host.strip()
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            try:
+                number = int(port.strip())
+            except ValueError:
+                return False
+            if factory.externalPort and number != factory.externalPort:
+                return False
+        if (
+            not _hasToken(headers.get("upgrade"), "websocket")
+            or not _hasToken(headers.get("connection"), "upgrade")
+            or "sec-websocket-protocol" in headers
+        ):
+            return False
+        version = headers.get("sec-websocket-version")
+        if version is None or counts["sec-websocket-version"] > 1:
+            return False
+        try:
+            if int(version) != 13 or 13 not in self.versions:
+                return False
+        except ValueError:
+            return False
+        origin = headers.get("origin")
+        if origin is None:
+            origin = ""
+        else:
+            if counts["origin"] > 1:
+                return False
+            origin = origin.strip()
+            try:
+                originTuple = _url_to_origin(origin)
+                if not (originTuple == "null" and factory.allowNullOrigin) and not _is_same_origin(
+                    originTuple,
+                    "https" if factory.isSecure else "http",
+                    factory.externalPort or factory.port,
+                    self.allowedOriginsPatterns,
+                ):
+                    return False
+            except Exception:
+                return False
+        key = headers.get("sec-websocket-key")
+        if key is None or counts["sec-websocket-key"] > 1:
+            return False
+        key = key.strip()
+        if not _WEBSOCKET_KEY.fullmatch(key):
+            return False
+        extensions = []
+        offered = headers.get("sec-websocket-extensions")
+        if offered is not None:
+            if counts["sec-websocket-extensions"] > 1:
+                return False
+            try:
+                extensions = self._parseExtensionsHeader(offered)
+                offers = [
+                    PERMESSAGE_COMPRESSION_EXTENSION[name]["Offer"].parse(params)
+                    for name, params in extensions
+                    if name in PERMESSAGE_COMPRESSION_EXTENSION
+                ]
+                if offers and self.perMessageCompressionAccept(offers) is not None:
+                    return False
+            except Exception:
+                return False
+        # What Autobahn keeps of the request (see _compact for what stays).
+        uri = parts[1]
+        self.http_request_data = data
+        self.http_status_line = status
+        self.http_headers = headers
+        self.http_request_uri = uri
+        self.http_request_host = host
+        if uri == "/":
+            self.http_request_path = uri
+            self.http_request_params = {}
+        else:
+            url = urlparse(uri)
+            self.http_request_path = url.path
+            self.http_request_params = parse_qs(url.query)
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_origin = origin
+        self.websocket_extensions = extensions
+        self.data = b""
+        self._wskey = key
+        # Committed: from here on, Autobahn's handling of onConnect.
+        try:
+            extra = self._admit(headers, origin)
+        except ConnectionDeny as deny:
+            self.failHandshake(deny.reason, deny.code)
+            return True
+        except Exception as e:
+            failure = txaio.create_failure()
+            self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+            self.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))
+            self.failHandshake(
+                f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR
+            )
+            return True
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        response = "HTTP/1.1 101 Switching Protocols\r\n"
+        if factory.server:
+            response += f"Server: {factory.server}\r\n"
+        response += "Upgrade: WebSocket\r\nConnection: Upgrade\r\n"
+        for source in (factory.headers, extra):
+            for name, values in source.items():
+                if isinstance(values, str):
+                    values = [values]
+                else:
+                    try:
+                        values = iter(values)
+                    except TypeError:
+                        values = [values]
+                for value in values:
+                    response += f"{name}: {value}\r\n"
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_MAGIC).digest()).decode()
+        response += f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        self.sendData(response.encode("utf8"))
+        self.http_response_data = response
+        self.state = STATE_OPEN
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        if self.autoPingInterval:
+            self.autoPingPendingCall = factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing
+            )
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+        return True
 
     def onOpen(self) -> None:
         self._frameLimit = self._shortFrameLimit()
