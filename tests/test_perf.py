@@ -217,15 +217,20 @@ class CompactTests(ProtocolTestCase):
         self.assertEqual(proto.maxMessagePayloadSize, 1234)
         self.assertFalse(proto.wasClean)
         self.assertIsNone(proto.http_headers)
-        # Traffic counters and transport details are not kept; Autobahn's
-        # own paths may still count, to no effect.
-        for name in ("trafficStats", "_transport_details", "websocket_protocols"):
+        # Traffic counters, transport details and the UTF-8 validator are
+        # not kept; Autobahn's own paths may still count, to no effect.
+        for name in ("trafficStats", "_transport_details", "websocket_protocols", "utf8validator"):
             self.assertNotIn(name, own)
         proto.trafficStats.incomingOctetsWireLevel += 10
         self.assertEqual(proto.trafficStats.incomingOctetsWireLevel, 0)
-        self.assertIsNone(proto.transport_details)
         self.assertEqual(proto.websocket_protocols, ())
-        self.assertLessEqual(len(own), 21)
+        self.assertLessEqual(len(own), 19, sorted(own))
+        # The transport details and the validator are made when read.
+        self.assertEqual(proto.transport_details.peer, "tcp4:127.0.0.1:50000")
+        self.assertFalse(proto.transport_details.is_secure)
+        self.assertTrue(proto.utf8validator.validate(b"ok")[0])
+        self.assertIn("_transport_details", own)
+        self.assertIn("utf8validator", own)
 
     def test_optionsClassShared(self) -> None:
         """

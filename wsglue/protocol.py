@@ -14,14 +14,17 @@ import base64
 import hashlib
 import re
 from collections import deque
+from operator import attrgetter, is_
 from pprint import pformat
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 import autobahn.twisted.websocket as _autobahnTwisted
 import autobahn.websocket.protocol as _autobahnProtocol
 from autobahn.util import encode_truncate, hltype, hlval
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import (
     PreparedMessage,
@@ -30,6 +33,7 @@ from autobahn.websocket.protocol import (
     parseHttpHeader,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.utf8validator import Utf8Validator
 import txaio
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
@@ -135,6 +139,8 @@ _HANDSHAKE_STATE = (
     "_wskey",
 )
 
+_HANDSHAKE_NAMES = frozenset(_HANDSHAKE_STATE)
+
 # State Autobahn sets on every connection that, on an open connection, nearly
 # always holds its initial value: a flag not raised, a code or timer not
 # there yet, an extension not negotiated.  GlueServerProtocol carries these
@@ -144,7 +150,9 @@ _COLD_DEFAULTS: Dict[str, Any] = dict.fromkeys(
     (
         "_perMessageCompress",
         "autoPingPending",
+        "autoPingPendingCall",
         "autoPingPendingSent",
+        "autoPingTimeoutCall",
         "closeHandshakeTimeoutCall",
         "localCloseCode",
         "localCloseReason",
@@ -197,14 +205,47 @@ class _NoTrafficStats:
         pass
 
 
+class _WhenRead:
+    """
+    A connection attribute made by C{make(connection)} when it is first
+    read, and kept from then on; until then the connection holds nothing
+    for it.  For state Autobahn builds on every connection that most
+    connections never read.
+    """
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, connection: Any, cls: Optional[type] = None) -> Any:
+        if connection is None:
+            return self
+        value = connection.__dict__[self.name] = self.make(connection)
+        return value
+
+
+def _transportDetails(connection: Any) -> Optional[TransportDetails]:
+    """
+    Autobahn's transport details of C{connection}, as its C{connectionMade}
+    makes them.  Autobahn reads them only to tell a TLS connection at open
+    (see L{GlueServerProtocol._onOpen}) and on request.
+    """
+    if connection.transport is None:
+        return None
+    details = create_transport_details(connection.transport, connection.is_server)
+    details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+    return details
+
+
 # What an open connection no longer keeps, and the class attribute that
 # stands for it (see _compact): the traffic counters; the transport details
-# (Autobahn reads them during the handshake only; the public
-# transport_details is typed optional); the subprotocols and extensions
+# (made again if read: see _WhenRead); the subprotocols and extensions
 # negotiated, when there were none.
 _SHED = {
     "trafficStats": _NoTrafficStats(),
-    "_transport_details": None,
+    "_transport_details": _WhenRead(_transportDetails),
     "websocket_protocols": (),
     "websocket_extensions_in_use": (),
 }
@@ -215,7 +256,9 @@ _SHEDDABLE = ("trafficStats", "_transport_details")
 # connection, and three values that are the same on every open connection
 # (connected, the sending state, the WebSocket version 13); see
 # GlueServerProtocol._compact.
-_OPTIONS = tuple(WebSocketServerProtocol.CONFIG_ATTRS) + (
+_CONFIG_ATTRS = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
+_configValues = attrgetter(*_CONFIG_ATTRS)
+_OPTIONS = _CONFIG_ATTRS + (
     "connected",
     "send_state",
     "websocket_version",
@@ -223,6 +266,7 @@ _OPTIONS = tuple(WebSocketServerProtocol.CONFIG_ATTRS) + (
 
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+SEND_STATE_GROUND = WebSocketServerProtocol.SEND_STATE_GROUND
 
 
 # The message and frame hooks of Autobahn's protocol; a subclass that
@@ -343,6 +387,54 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # The longest frame _readFrames reads on this connection; 0 when it
     # reads none (see _shortFrameLimit).
     _frameLimit = 0
+
+    # Whether this class carries the factory's protocol options as class
+    # attributes (see GlueServerFactory.buildProtocol).
+    _carriesOptions = False
+    # Made when Autobahn's frame parser first reads it (see _WhenRead); the
+    # short frame path never does.
+    utf8validator = _WhenRead(lambda connection: Utf8Validator())
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Autobahn's C{connectionMade}, but for the transport details, made
+        when first read (see L{_transportDetails}).
+        """
+        self.peer = peer2str(self.transport)
+        try:
+            self.transport.setTcpNoDelay(self.tcpNoDelay)
+        except Exception:
+            pass  # not TCP (Autobahn ignores this too)
+        self._connectionMade()
+
+    def _connectionMade(self) -> None:
+        """
+        Autobahn's C{_connectionMade}, for a connection whose class carries
+        its options: the state whose initial value differs from the class
+        attributes (L{_COLD_DEFAULTS}), and the opening handshake timer.
+        Autobahn's own copies the ~40 options onto the connection first.
+        """
+        if not self._carriesOptions or self.trackTimings:
+            WebSocketServerProtocol._connectionMade(self)
+            return
+        self.state = STATE_CONNECTING
+        self.send_state = SEND_STATE_GROUND
+        self.data = b""
+        self.send_queue = deque()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+        self.factory.countConnections += 1
+
+    def _onOpen(self) -> None:
+        if ISSLTransport.providedBy(self.transport):
+            # Autobahn records the TLS channel id and peer certificate.
+            WebSocketServerProtocol._onOpen(self)
+        else:
+            self.onOpen()
 
     # -- handshake ----------------------------------------------------------
 
@@ -633,9 +725,11 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
         The connection moves to a subclass of its class that carries its
         options as class attributes (one subclass for all the connections
-        that got the same options from the factory), and keeps in its own
-        dictionary only what differs from those and from
-        L{_COLD_DEFAULTS}.  It also lets go of what L{_SHED} names: the
+        that got the same options from the factory; a connection the
+        factory built starts in one, see L{GlueServerFactory.buildProtocol},
+        and moves on with the three values every open connection shares),
+        and keeps in its own dictionary only what differs from those and
+        from L{_COLD_DEFAULTS}.  It also lets go of what L{_SHED} names: the
         traffic counters, the transport details, and empty lists of
         subprotocols and extensions.  Autobahn reads and sets every one of
         these attributes as before: a read finds the class attribute, a
@@ -649,7 +743,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
             state["send_queue"] = ()
         kept = {}
         for name, value in state.items():
-            if name in options or name in _HANDSHAKE_STATE:
+            if name in options or name in _HANDSHAKE_NAMES:
                 continue
             if name in _COLD_DEFAULTS and value is _COLD_DEFAULTS[name]:
                 continue
@@ -857,6 +951,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
 # The values an open connection leaves out of its own dictionary.
 for _name, _value in list(_COLD_DEFAULTS.items()) + list(_SHED.items()):
     setattr(GlueServerProtocol, _name, _value)
+    if isinstance(_value, _WhenRead):
+        _value.__set_name__(GlueServerProtocol, _name)
 del _name, _value
 
 
@@ -905,6 +1001,9 @@ class GlueServerFactory(WebSocketServerFactory):
         self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self._emptyWaiters: List[Deferred] = []
         self._optionsClasses: Dict[type, Tuple[type, Dict[str, Any]]] = {}
+        # The protocol class, option values and options class buildProtocol
+        # used last.
+        self._built: Optional[Tuple[type, Tuple[Any, ...], type]] = None
         self.setProtocolOptions(
             # Answer protocol errors with a close frame carrying the code
             # (1002, 1003, 1007, 1009) rather than dropping the TCP connection.
@@ -922,6 +1021,22 @@ class GlueServerFactory(WebSocketServerFactory):
             # allows it, instead of Autobahn's 400.
             allowNullOrigin=True,
         )
+
+    def buildProtocol(self, addr: Any) -> GlueServerProtocol:
+        """
+        A connection of C{self.protocol} that starts with the factory's
+        protocol options as class attributes (see L{optionsClass}), rather
+        than copying them onto itself as Autobahn's connections do.
+        """
+        base = self.protocol
+        values = _configValues(self)
+        built = self._built
+        if built is None or built[0] is not base or not all(map(is_, built[1], values)):
+            cls = self.optionsClass(base, dict(zip(_CONFIG_ATTRS, values)))
+            built = self._built = (base, values, cls)
+        proto = built[2]()
+        proto.factory = self
+        return proto
 
     def optionsClass(self, base: type, options: Dict[str, Any]) -> type:
         """
@@ -944,6 +1059,7 @@ class GlueServerFactory(WebSocketServerFactory):
             for name, value in options.items()
         }
         attributes["__module__"] = base.__module__
+        attributes["_carriesOptions"] = True
         cls = type(base.__name__, (base,), attributes)
         self._optionsClasses[base] = (cls, options)
         return cls
