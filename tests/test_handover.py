@@ -158,3 +158,44 @@ class HandoverTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(10)
         self.assertTrue(transport.disconnecting)
+
+    def test_twistedWebStartsForHTTPOnly(self) -> None:
+        """
+        Until the first request shows what it is, only the handshake
+        deadline runs; twisted.web's channel (its idle timer, and itself as
+        the transport's producer) starts for a request that is not a
+        handshake.
+        """
+        channel = self.site.buildProtocol(PEER)
+        transport = Transport(peerAddress=PEER)
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        self.addCleanup(self.clock.advance, 60)
+        self.assertIsNone(transport.producer)
+        [deadline] = self.clock.getDelayedCalls()
+        self.assertEqual(deadline.getTime(), 10)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIs(transport.producer, channel)
+        # (The page itself is checked over a socket by tests.test_web.)
+        self.assertEqual(self.routed, [b"/"])
+
+    def test_withoutDeadlineStartsAtOnce(self) -> None:
+        """
+        Without a handshake deadline, the channel starts at once (its idle
+        timer bounds a silent peer), and still hands a handshake over,
+        letting go of the transport.
+        """
+        self.site = makeSite(
+            self.site.resource.static.path, self.factory, handshakeTimeout=None, reactor=self.clock
+        )
+        channel = self.site.buildProtocol(PEER)
+        transport = Transport(peerAddress=PEER)
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        self.addCleanup(self.clock.advance, 60)
+        self.assertIs(transport.producer, channel)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        channel.dataReceived(handshakeRequest(9998))
+        self.assertOpened(transport, transport.value())
+        self.assertIsNone(transport.producer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

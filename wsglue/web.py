@@ -147,15 +147,31 @@ class DeadlineChannel(HTTPChannel):
     """
 
     _deadline: Any = None
+    # Whether twisted.web's connectionMade ran (see connectionMade).
+    _http = False
     # The start of the first request while it may still be a WebSocket
     # handshake to hand over (see dataReceived); None once it is decided.
     _head: Optional[bytes] = None
 
     def connectionMade(self) -> None:
-        HTTPChannel.connectionMade(self)
-        self._arm()
         if getattr(self.site, "websocketFactory", None) is not None:
             self._head = b""
+            if getattr(self.site, "handshakeTimeout", None):
+                # Until the first request shows whether it is a handshake
+                # (see dataReceived), only the deadline runs: twisted.web's
+                # own set-up (idle timer, producer, TCP_NODELAY) is for a
+                # request that is not.
+                self._arm()
+                return
+        self._startHTTP()
+
+    def _startHTTP(self) -> None:
+        """
+        Start the channel as twisted.web does, with the deadline.
+        """
+        self._http = True
+        HTTPChannel.connectionMade(self)
+        self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -174,7 +190,8 @@ class DeadlineChannel(HTTPChannel):
         head += data
         end = head.find(b"\r\n\r\n") + 4
         if end < 4 and len(head) < _SHORT_HANDSHAKE_MAX:
-            # Not complete yet; the deadline and idle timeout still run.
+            # Not complete yet; the deadline (or, without one, the idle
+            # timeout) still runs.
             self._head = head
             self.resetTimeout()
             return
@@ -190,13 +207,16 @@ class DeadlineChannel(HTTPChannel):
             if protocol is not None:
                 self._handOver(protocol, head)
                 return
+        if not self._http:
+            self._startHTTP()
         HTTPChannel.dataReceived(self, head)
 
     def _handOver(self, protocol: Any, data: bytes) -> None:
         self._disarm()
-        self.setTimeout(None)
         transport, self.transport = self.transport, None
-        transport.unregisterProducer()
+        if self._http:
+            self.setTimeout(None)
+            transport.unregisterProducer()
         takeOver(transport, protocol)
         protocol.dataReceived(data)
 
