@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from autobahn.twisted.websocket import WebSocketServerProtocol as AutobahnTwisted
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketServerProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -156,6 +157,8 @@ def plain(value: Any) -> Any:
         return [plain(item) for item in value]
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, TransportDetails):
+        return plain(value.marshal())
     return type(value).__name__
 
 

@@ -402,6 +402,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
         Autobahn's C{connectionMade}, but for the transport details, made
         when first read (see L{_transportDetails}).
         """
+        # Autobahn's __init__ gives every connection blank details; without
+        # them the class attribute makes the real ones when first read.
+        self.__dict__.pop("_transport_details", None)
         self.peer = peer2str(self.transport)
         try:
             self.transport.setTcpNoDelay(self.tcpNoDelay)
