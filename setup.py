@@ -25,6 +25,11 @@ setup(
         # --redis: pure Python on Twisted alone, small enough to always ship
         # (1.6 keeps its connections with ClientService: backoff, reconnect).
         "txredisapi>=1.6.0",
+        # txredisapi parses Redis replies in C with it when it is installed:
+        # a tenth of a worker's CPU per handshake with --workers (one
+        # SUBSCRIBE confirmation per session). PyPy gets no wheel for it, and
+        # txredisapi's own parser is what the JIT is good at.
+        'hiredis>=2.0; platform_python_implementation == "CPython"',
     ],
     extras_require={
         "test": [

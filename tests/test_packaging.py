@@ -168,6 +168,21 @@ class InstalledTests(TestCase):
         self.assertTrue(os.path.isfile(os.path.join(static, "index.html")))
         self.assertTrue(os.path.isfile(os.path.join(static, "scripts", "ws-script.js")))
 
+    @inlineCallbacks
+    def test_redisRepliesParsedInC(self) -> None:
+        """
+        On CPython the install brings hiredis, and txredisapi parses Redis
+        replies with it (the cluster's SUBSCRIBE confirmations, one per
+        session).
+        """
+        output, code = yield self.runPython(
+            "-c",
+            "import platform, txredisapi; print(platform.python_implementation(), "
+            "txredisapi.RedisProtocol.__name__)",
+        )
+        self.assertEqual(code, 0, output)
+        self.assertEqual(output.split()[-2:], ["CPython", "HiredisProtocol"], output)
+
     def test_noTwistedInitFiles(self) -> None:
         """
         The installed files of wsglue hold the plugin but no
