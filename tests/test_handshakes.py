@@ -1,7 +1,7 @@
 """
 Tests for the quick connection setup and opening handshake of
 L{GlueServerProtocol} (C{connectionMade}, C{_connectionMade},
-C{_quickHandshake}): whatever request a client sends, the connection answers
+C{processHandshake}): whatever request a client sends, the connection answers
 with the same bytes, logs the same lines and ends in the same state as with
 Autobahn's own, on a connection that copied its options as Autobahn's do.
 """

@@ -58,7 +58,9 @@ class DispatchTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = GlueEPollReactor()
+        # Never run, so nothing else closes its epoll and waker descriptors.
         self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
         self.readers = []
         self.peers = []
         for name in ("first", "second"):

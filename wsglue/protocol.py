@@ -299,7 +299,7 @@ def _readsAsAutobahn(cls: type) -> bool:
     return plain
 
 
-# What _quickHandshake takes: the path "/" with a plain query, and a
+# What _quickRequest takes: the path "/" with a plain query, and a
 # Sec-WebSocket-Key as Autobahn checks it (24 characters of base64, the
 # last two "==").
 _QUICK_PATH = re.compile(r"/(?:\?[A-Za-z0-9._~%&=+-]*)?")
@@ -311,7 +311,7 @@ _quickClasses: Dict[type, bool] = {}
 def _quickHandshakes(cls: type) -> bool:
     """
     Whether C{cls} keeps the C{onConnect} and C{succeedHandshake} that
-    L{GlueServerProtocol._quickHandshake} stands in for.
+    L{GlueServerProtocol.processHandshake} answers without Autobahn.
     """
     quick = _quickClasses.get(cls)
     if quick is None:
@@ -475,15 +475,11 @@ class GlueServerProtocol(WebSocketServerProtocol):
         return response
 
     def processHandshake(self) -> None:
-        if not self._quickHandshake():
-            WebSocketServerProtocol.processHandshake(self)
-
-    def _quickHandshake(self) -> bool:
         """
-        Answer an opening handshake that Autobahn would accept as it is,
-        without Autobahn's general machinery; return C{False}, having
-        changed nothing, for any other request, which Autobahn then handles
-        (and answers with its status code if it is bad).
+        Answer an opening handshake that Autobahn would accept as it is
+        without Autobahn's general machinery (L{_quickRequest},
+        L{_quickAnswer}); any other request goes to Autobahn, which answers
+        it, with its status code if it is bad.
 
         Autobahn's C{processHandshake} checks the request in a few dozen
         steps, with debug log arguments built at each, parses the URL and
@@ -500,16 +496,28 @@ class GlueServerProtocol(WebSocketServerProtocol):
         then admits the connection as C{onConnect} does and writes the
         response C{succeedHandshake} writes.
         """
+        request = self._quickRequest()
+        if request is None:
+            WebSocketServerProtocol.processHandshake(self)
+        else:
+            self._quickAnswer(*request)
+
+    def _quickRequest(self) -> Optional[Tuple[Any, ...]]:
+        """
+        The parts of the request in C{self.data} that L{_quickAnswer} needs,
+        if it is one that path takes; C{None}, having changed nothing, if
+        not.
+        """
         if not _quickHandshakes(type(self)) or self.trackedTimings:
-            return False
+            return None
         data = self.data
         end = data.find(b"\r\n\r\n") + 4
         if end != len(data) or self.maxConnections > 0 or self.trustXForwardedFor:
-            return False
+            return None
         try:
             status, headers, counts = parseHttpHeader(data)
         except Exception:
-            return False
+            return None
         parts = status.split()
         if (
             len(parts) != 3
@@ -517,40 +525,40 @@ class GlueServerProtocol(WebSocketServerProtocol):
             or parts[2] != "HTTP/1.1"
             or not _QUICK_PATH.fullmatch(parts[1])
         ):
-            return False
+            return None
         factory: GlueServerFactory = self.factory
         host = headers.get("host")
         if host is None or counts["host"] > 1:
-            return False
+            return None
         host = host.strip()
         if ":" in host and not host.endswith("]"):
             host, port = host.rsplit(":", 1)
             try:
                 number = int(port.strip())
             except ValueError:
-                return False
+                return None
             if factory.externalPort and number != factory.externalPort:
-                return False
+                return None
         if (
             not _hasToken(headers.get("upgrade"), "websocket")
             or not _hasToken(headers.get("connection"), "upgrade")
             or "sec-websocket-protocol" in headers
         ):
-            return False
+            return None
         version = headers.get("sec-websocket-version")
         if version is None or counts["sec-websocket-version"] > 1:
-            return False
+            return None
         try:
             if int(version) != 13 or 13 not in self.versions:
-                return False
+                return None
         except ValueError:
-            return False
+            return None
         origin = headers.get("origin")
         if origin is None:
             origin = ""
         else:
             if counts["origin"] > 1:
-                return False
+                return None
             origin = origin.strip()
             try:
                 originTuple = _url_to_origin(origin)
@@ -560,20 +568,20 @@ class GlueServerProtocol(WebSocketServerProtocol):
                     factory.externalPort or factory.port,
                     self.allowedOriginsPatterns,
                 ):
-                    return False
+                    return None
             except Exception:
-                return False
+                return None
         key = headers.get("sec-websocket-key")
         if key is None or counts["sec-websocket-key"] > 1:
-            return False
+            return None
         key = key.strip()
         if not _WEBSOCKET_KEY.fullmatch(key):
-            return False
+            return None
         extensions = []
         offered = headers.get("sec-websocket-extensions")
         if offered is not None:
             if counts["sec-websocket-extensions"] > 1:
-                return False
+                return None
             try:
                 extensions = self._parseExtensionsHeader(offered)
                 offers = [
@@ -582,12 +590,28 @@ class GlueServerProtocol(WebSocketServerProtocol):
                     if name in PERMESSAGE_COMPRESSION_EXTENSION
                 ]
                 if offers and self.perMessageCompressionAccept(offers) is not None:
-                    return False
+                    return None
             except Exception:
-                return False
+                return None
+        return status, parts[1], host, headers, origin, key, extensions
+
+    def _quickAnswer(
+        self,
+        status: str,
+        uri: str,
+        host: str,
+        headers: Dict[str, str],
+        origin: str,
+        key: str,
+        extensions: List[Any],
+    ) -> None:
+        """
+        Admit and answer the request L{_quickRequest} took, as Autobahn's
+        C{processHandshake} and C{succeedHandshake} would.
+        """
+        factory: GlueServerFactory = self.factory
         # What Autobahn keeps of the request (see _compact for what stays).
-        uri = parts[1]
-        self.http_request_data = data
+        self.http_request_data = self.data
         self.http_status_line = status
         self.http_headers = headers
         self.http_request_uri = uri
@@ -610,7 +634,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
             extra = self._admit(headers, origin)
         except ConnectionDeny as deny:
             self.failHandshake(deny.reason, deny.code)
-            return True
+            return
         except Exception as e:
             failure = txaio.create_failure()
             self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
@@ -618,7 +642,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
             self.failHandshake(
                 f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR
             )
-            return True
+            return
         self.websocket_protocol_in_use = None
         self.websocket_extensions_in_use = []
         response = "HTTP/1.1 101 Switching Protocols\r\n"
@@ -652,7 +676,6 @@ class GlueServerProtocol(WebSocketServerProtocol):
             )
         self._onOpen()
         txaio.resolve(self.is_open, None)
-        return True
 
     def onOpen(self) -> None:
         self._frameLimit = self._shortFrameLimit()
@@ -739,8 +762,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
         write gives the connection its own value again.
         """
         state = self.__dict__
-        options = {name: state[name] for name in _OPTIONS if name in state}
-        self.__class__ = self.factory.optionsClass(type(self), options)
+        options = tuple(name for name in _OPTIONS if name in state)
+        self.__class__ = self.factory.optionsClass(
+            type(self), options, tuple(state[name] for name in options)
+        )
         if not self.send_queue:
             # An empty deque, for chopped sends that wsglue never makes.
             state["send_queue"] = ()
@@ -1003,10 +1028,8 @@ class GlueServerFactory(WebSocketServerFactory):
         self.trustProxy = trustProxy
         self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self._emptyWaiters: List[Deferred] = []
-        self._optionsClasses: Dict[type, Tuple[type, Dict[str, Any]]] = {}
-        # The protocol class, option values and options class buildProtocol
-        # used last.
-        self._built: Optional[Tuple[type, Tuple[Any, ...], type]] = None
+        # By base class: the options class made last, its names and values.
+        self._optionsClasses: Dict[type, Tuple[type, Tuple[str, ...], Tuple[Any, ...]]] = {}
         self.setProtocolOptions(
             # Answer protocol errors with a close frame carrying the code
             # (1002, 1003, 1007, 1009) rather than dropping the TCP connection.
@@ -1031,40 +1054,32 @@ class GlueServerFactory(WebSocketServerFactory):
         protocol options as class attributes (see L{optionsClass}), rather
         than copying them onto itself as Autobahn's connections do.
         """
-        base = self.protocol
-        values = _configValues(self)
-        built = self._built
-        if built is None or built[0] is not base or not all(map(is_, built[1], values)):
-            cls = self.optionsClass(base, dict(zip(_CONFIG_ATTRS, values)))
-            built = self._built = (base, values, cls)
-        proto = built[2]()
+        proto = self.optionsClass(self.protocol, _CONFIG_ATTRS, _configValues(self))()
         proto.factory = self
         return proto
 
-    def optionsClass(self, base: type, options: Dict[str, Any]) -> type:
+    def optionsClass(self, base: type, names: Tuple[str, ...], values: Tuple[Any, ...]) -> type:
         """
-        A subclass of C{base} that carries C{options} (Autobahn's protocol
-        options, as a connection copied them from this factory) as class
-        attributes; the same class for as long as the options stay the
-        same objects.  See L{GlueServerProtocol._compact}.
+        A subclass of C{base} that carries the attributes C{names} with
+        C{values} (Autobahn's protocol options, as this factory has them)
+        as class attributes; the same class for as long as they stay the
+        same objects.  See L{buildProtocol} and L{GlueServerProtocol._compact}.
         """
         known = self._optionsClasses.get(base)
         if known is not None:
-            cls, values = known
-            if values.keys() == options.keys() and all(
-                values[name] is value for name, value in options.items()
-            ):
+            cls, knownNames, knownValues = known
+            if knownNames == names and all(map(is_, knownValues, values)):
                 return cls
         attributes = {
             # A function as a class attribute would read as a bound method
             # (perMessageCompressionAccept is one).
             name: staticmethod(value) if hasattr(type(value), "__get__") else value
-            for name, value in options.items()
+            for name, value in zip(names, values)
         }
         attributes["__module__"] = base.__module__
         attributes["_carriesOptions"] = True
         cls = type(base.__name__, (base,), attributes)
-        self._optionsClasses[base] = (cls, options)
+        self._optionsClasses[base] = (cls, names, values)
         return cls
 
     def isSecureRequest(self, transport: Any, headers: Dict[str, str]) -> bool:
