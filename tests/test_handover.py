@@ -12,7 +12,9 @@ from typing import Any, List, Tuple
 
 import txaio
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.common import handshakeRequest
@@ -199,3 +201,17 @@ class HandoverTests(SynchronousTestCase):
         self.assertOpened(transport, transport.value())
         self.assertIsNone(transport.producer)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_leavesBeforeRequest(self) -> None:
+        """
+        A peer that connects and leaves without a byte (a health check, a
+        port scan) leaves no timer behind, twisted.web never started.
+        """
+        channel = self.site.buildProtocol(PEER)
+        transport = Transport(peerAddress=PEER)
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(transport.value(), b"")
