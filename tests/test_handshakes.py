@@ -325,18 +325,29 @@ class QuickPathTakenTests(ProtocolTestCase):
         """
         A browser's handshake and a bare one both go the quick way.
         """
-        for headers in (BROWSER, BROWSER[:1] + [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                        ("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13")]):
-            self.assertTrue(self.handshake(request("GET / HTTP/1.1", headers)).startswith(b"HTTP/1.1 101 "))
+        bare = [
+            ("Host", HOST),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+        for headers in (BROWSER, bare):
+            written = self.handshake(request("GET / HTTP/1.1", headers))
+            self.assertTrue(written.startswith(b"HTTP/1.1 101 "), written)
         self.assertEqual(self.autobahn, [])
 
     def test_othersGoToAutobahn(self) -> None:
         """
-        A subprotocol, a bad key, another path, bytes after the request: Autobahn's.
+        A subprotocol, a bad key, another path, bytes after the request:
+        Autobahn's.
         """
         for data in (
             request("GET / HTTP/1.1", BROWSER + [("Sec-WebSocket-Protocol", "chat")]),
-            request("GET / HTTP/1.1", [(n, v + "!" if n == "Sec-WebSocket-Key" else v) for n, v in BROWSER]),
+            request(
+                "GET / HTTP/1.1",
+                [(n, v + "!" if n == "Sec-WebSocket-Key" else v) for n, v in BROWSER],
+            ),
             request("GET /other HTTP/1.1", BROWSER),
             request("GET / HTTP/1.1", BROWSER, b"\x81\x80abcd"),
         ):
