@@ -323,6 +323,16 @@ class Server:
         self.config = config
         self.port = freePort()
         self.extra: List[Child] = []
+        self.child: Optional[Child] = None
+        try:
+            self._start(name, config)
+        except BaseException:
+            # A server that never got ready (or Ctrl-C while it started)
+            # leaves nothing running: not itself, its workers or its Redis.
+            self.stop()
+            raise
+
+    def _start(self, name: str, config: argparse.Namespace) -> None:
         env = dict(os.environ)
         if kind(name) in ("wsglue", CLUSTER):
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -359,13 +369,15 @@ class Server:
                 self.child.waitForLine("accepting connections at", 30)
 
     def pids(self) -> List[int]:
+        assert self.child is not None  # set once the server started
         pids = descendants(self.child.pid)
         for extra in self.extra:
             pids.extend(descendants(extra.pid))
         return pids
 
     def stop(self) -> None:
-        self.child.stop()
+        if self.child is not None:
+            self.child.stop()
         for extra in self.extra:
             extra.stop()
 

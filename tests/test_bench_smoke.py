@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import ROOT, CollectOutput
 
@@ -146,3 +146,31 @@ class InProcessBenchTests(TestCase):
         self.assertRegex(out, r"handshake: \d+\.\d us per opening handshake \(best of 3, 10 each\)")
         self.assertRegex(out, r"echo: \d+\.\d\d us per ping frame")
         self.assertRegex(out, r"broadcast: \d+\.\d\d us per connection \(best of 3, 20 connections\)")
+
+
+class FailedStartTests(SynchronousTestCase):
+    """
+    A server the bench could not start leaves no process behind.
+    """
+
+    def test_clusterThatNeverGetsReady(self) -> None:
+        """
+        wsglue-cluster whose daemon exits at once (an unknown handler):
+        the bench reports it, and its Redis is stopped too.
+        """
+        from bench.__main__ import BenchError, Server, parseArgs
+
+        started: List[Server] = []
+
+        class Recorded(Server):
+            def _start(self, name: str, config: Any) -> None:
+                started.append(self)
+                Server._start(self, name, config)
+
+        config = parseArgs(["--smoke", "--servers", "wsglue-cluster", "--handler", "no.such:Handler"])
+        error = self.assertRaises(BenchError, Recorded, "wsglue-cluster", config)
+        self.assertIn("exited", str(error))
+        [server] = started
+        self.assertEqual(len(server.extra), 1)
+        for child in [server.child] + server.extra:
+            self.assertIsNotNone(child.proc.poll(), child.name)
