@@ -29,6 +29,7 @@ from twisted.logger import Logger, eventAsText
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsglue.logs import TurnFileLogObserver
 from wsglue.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
@@ -110,23 +111,27 @@ def watchParent(reactor: Any) -> None:
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=sink, reactor=reactor)
 
 
-def workerLogObserver() -> Any:
+def workerLogObserver() -> TurnFileLogObserver:
     """
     The log observer of a worker (C{twistd --logger}): plain lines on
-    stdout, without timestamps, for the parent to relay under its own.
+    stdout, without timestamps, for the parent to relay under its own;
+    written once per reactor turn (L{TurnFileLogObserver}).
     """
-    out = sys.stdout
+    from twisted.internet import reactor
 
-    def observe(event: Dict[str, Any]) -> None:
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        if text is not None:
-            level = event.get("log_level")
-            name = getattr(level, "name", "info")
-            for line in text.splitlines():
-                out.write(f"{name} {line}\n")
-            out.flush()
+    return TurnFileLogObserver(sys.stdout, workerLines, reactor)
 
-    return observe
+
+def workerLines(event: Dict[str, Any]) -> Optional[str]:
+    """
+    The lines a worker writes for C{event}: each line of its text, after
+    the name of its level (C{info session opened: 3f2a9c1e}).
+    """
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    if not text:
+        return None
+    name = getattr(event.get("log_level"), "name", "info")
+    return "".join(f"{name} {line}\n" for line in text.splitlines())
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
