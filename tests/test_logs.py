@@ -481,3 +481,67 @@ class DaemonLogTests(unittest.TestCase):
                 )
         yield daemon.stop()
         self.assertNotIn("Traceback", logged())
+
+
+class RelayTests(unittest.TestCase):
+    """
+    The parent of C{--workers} logs each line a worker writes, at its
+    level, labelled with the worker's pid, however the pipe splits it.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from wsglue import workers
+
+        self.events: List[Dict[str, Any]] = []
+        self.patch(workers, "_log", Logger(namespace="wsglue.workers", observer=self.events.append))
+        pool = type("Pool", (), {"reactor": Clock()})()
+        self.worker = workers._WorkerProtocol(pool, 1)
+        self.worker.pid = 4321
+
+    def relayed(self) -> List[Any]:
+        from twisted.logger import formatEvent
+
+        return [(e["log_level"], formatEvent(e)) for e in self.events]
+
+    def test_levels(self) -> None:
+        written = "".join([
+            workerLines(event("session opened: 3f2a9c1e")) or "",
+            workerLines(event("slow\nconsumer", LogLevel.warn)) or "",
+            workerLines(event("bad", LogLevel.error)) or "",
+            workerLines(event("worse", LogLevel.critical)) or "",
+            workerLines(event("detail", LogLevel.debug)) or "",
+            "no level name here\n",
+            "\n",
+        ])
+        self.worker.childDataReceived(1, written.encode("utf-8"))
+        self.assertEqual(self.relayed(), [
+            (LogLevel.info, "[worker 4321] session opened: 3f2a9c1e"),
+            (LogLevel.warn, "[worker 4321] slow"),
+            (LogLevel.warn, "[worker 4321] consumer"),
+            (LogLevel.error, "[worker 4321] bad"),
+            (LogLevel.critical, "[worker 4321] worse"),
+            (LogLevel.info, "[worker 4321] detail"),
+            (LogLevel.info, "[worker 4321] no level name here"),
+        ])
+
+    @given(st.lists(st.integers(1, 40), max_size=20))
+    @settings(max_examples=100, deadline=None)
+    def test_anySplit(self, cuts: List[int]) -> None:
+        """
+        Lines split anywhere, inside a UTF-8 sequence too, come out whole.
+        """
+        del self.events[:]
+        data = "info ünïcode line one\nwarn ✓ two\ninfo three\n".encode("utf-8")
+        at = 0
+        for cut in cuts:
+            self.worker.childDataReceived(1, data[at:at + cut])
+            at += cut
+        self.worker.childDataReceived(1, data[at:])
+        self.assertEqual(self.relayed(), [
+            (LogLevel.info, "[worker 4321] ünïcode line one"),
+            (LogLevel.warn, "[worker 4321] ✓ two"),
+            (LogLevel.info, "[worker 4321] three"),
+        ])

@@ -25,7 +25,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger, eventAsText
+from twisted.logger import Logger, LogLevel, eventAsText
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,6 +33,16 @@ from wsglue.logs import TurnFileLogObserver
 from wsglue.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
+
+# The level a worker's line is relayed at, by the name it starts with
+# (workerLines); a line without one is relayed whole, at info.
+_RELAYED = {
+    "debug": LogLevel.info,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
 
 # How the parent tells a worker what to adopt.
 FD_VARIABLE = "_WSGLUE_WORKER_FD"
@@ -148,24 +158,29 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            self._relay(line)
+        complete, newline, self._buffer = self._buffer.rpartition(b"\n")
+        if newline:
+            self._relay(complete)
         if len(self._buffer) > 65536:
             self._relay(self._buffer)
             self._buffer = b""
 
-    def _relay(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip()
-        if not text:
-            return
-        level, _, rest = text.partition(" ")
-        emit = {"warn": _log.warn, "error": _log.error, "critical": _log.critical}.get(level)
-        if emit is None:
-            emit = _log.info
-            if level not in ("info", "debug"):
-                rest = text
-        emit("[worker {pid}] {line}", pid=self.pid, line=rest)
+    def _relay(self, lines: bytes) -> None:
+        """
+        Log each of C{lines} (as L{workerLines} wrote them) at its level,
+        labelled with the worker's pid.
+        """
+        emit, pid = _log.emit, self.pid
+        # Whole lines only: no UTF-8 sequence spans a newline.
+        for text in lines.decode("utf-8", "replace").split("\n"):
+            text = text.rstrip()
+            if not text:
+                continue
+            name, _, rest = text.partition(" ")
+            level = _RELAYED.get(name)
+            if level is None:
+                level, rest = LogLevel.info, text
+            emit(level, "[worker {pid}] {line}", pid=pid, line=rest)
 
     def processEnded(self, reason: Failure) -> None:
         if self._buffer:
