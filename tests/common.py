@@ -15,6 +15,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from tests.ports import freePort  # noqa: F401 (the suite imports it from here)
 from wsglue.tap import Options, makeService
 
 # twistd's own entry point, as the console script runs it.
@@ -286,15 +287,6 @@ def spawnDaemon(
     return daemon
 
 
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def handshakeRequest(

@@ -25,13 +25,11 @@ import subprocess
 import tempfile
 from typing import Any, List, Optional
 
+from tests.ports import freePort
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answersPing(port: int) -> bool:
@@ -52,7 +50,7 @@ class RedisServer:
     """
 
     def __init__(self, port: Optional[int] = None, password: Optional[str] = None) -> None:
-        self.port = port or _freePort()
+        self.port = port or freePort()
         self.password = password
         self.folder = tempfile.mkdtemp(prefix="wsglue-redis-")
         self.process: Optional[subprocess.Popen] = None
