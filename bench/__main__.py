@@ -29,7 +29,6 @@ import queue
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -290,9 +289,11 @@ class CpuMeter:
 
 
 def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # Below the ephemeral range (see tests/ports.py): a server's port must
+    # not be taken by an outgoing connection before the server binds it.
+    from tests.ports import freePort as belowEphemeral
+
+    return belowEphemeral()
 
 
 # -- the servers --------------------------------------------------------------
