@@ -287,8 +287,6 @@ def spawnDaemon(
     return daemon
 
 
-
-
 def handshakeRequest(
     port: int, headers: Optional[Dict[str, str]] = None, path: str = "/"
 ) -> bytes:

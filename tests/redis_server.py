@@ -30,8 +30,6 @@ from tests.ports import freePort
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-
-
 def _answersPing(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:

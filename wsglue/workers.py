@@ -171,7 +171,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         labelled with the worker's pid.
         """
         emit, pid = _log.emit, self.pid
-        # Whole lines only: no UTF-8 sequence spans a newline.
+        # Whole lines (no UTF-8 sequence spans a newline), but for one of
+        # more than 64 KiB, relayed in pieces.
         for text in lines.decode("utf-8", "replace").split("\n"):
             text = text.rstrip()
             if not text:
