@@ -16,7 +16,6 @@ from typing import Any, Dict, List
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatTime, textFileLogObserver
