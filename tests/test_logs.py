@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, formatTime, textFileLogObserver
+from twisted.logger import LogLevel, eventAsText, formatTime, textFileLogObserver
 from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
@@ -137,6 +137,40 @@ class Thing:
         return "<Thing>"
 
 
+class Answer(str):
+    """
+    An empty string that answers C{">4"} when called.
+    """
+
+    def __call__(self) -> str:
+        return ">4"
+
+
+class Dynamic:
+    """
+    Has every attribute: C{dynamic.x()} is C{">4"}, C{dynamic.x} formats
+    as C{""}.
+    """
+
+    def __getattr__(self, name: str) -> Answer:
+        return Answer()
+
+
+class Named:
+    def __str__(self) -> str:
+        return "a named system"
+
+
+class Nameless:
+    def __str__(self) -> str:
+        raise ValueError("no name")
+
+
+class Unformattable:
+    def __format__(self, spec: str) -> str:
+        raise ValueError("no format")
+
+
 def failure() -> Failure:
     try:
         1 / 0
@@ -145,16 +179,26 @@ def failure() -> Failure:
     raise AssertionError("unreachable")
 
 
+FORMATS: List[Any] = [
+    "session opened: {sid}", "session closed: {sid}", "{sid!r} and {n:>5}",
+    "two\nlines: {sid}", "no fields", "{thing.attr}", "{missing}", "{", "",
+    "ünïcode {sid}", "{sid!s}{n!a}{thing!r}", "{n:{w}}", "{n:>{w}d}", "{{sid}} {sid}",
+    "{sid!z}", "{n:q}", "}", "{}", "{0}", "{thing.attr()}", "{call()}", "{seq[0]}",
+    "{bad}", "{sid:", b"bytes: {sid}", 42, None, "{log_level}", "{dyn.x()}",
+    "{n:{dyn.x()}}", "{n:{w:{dyn.x()}}}",
+]
+
 events = st.fixed_dictionaries(
     {
-        "log_format": st.sampled_from([
-            "session opened: {sid}", "session closed: {sid}", "{sid!r} and {n:>5}",
-            "two\nlines: {sid}", "no fields", "{thing.attr}", "{missing}", "{", "",
-            "ünïcode {sid}",
-        ]),
+        "log_format": st.sampled_from(FORMATS),
         "sid": st.text(max_size=12),
         "n": st.integers(),
+        "w": st.sampled_from([3, "x", None]),
         "thing": st.just(Thing()),
+        "call": st.just(lambda: "called"),
+        "seq": st.sampled_from([[1], (), "ab"]),
+        "bad": st.just(Unformattable()),
+        "dyn": st.just(Dynamic()),
     },
     optional={
         "log_time": st.one_of(
@@ -163,8 +207,11 @@ events = st.fixed_dictionaries(
         ),
         "log_level": st.sampled_from(list(LogLevel.iterconstants())),
         "log_namespace": st.text(max_size=20),
-        "log_system": st.one_of(st.text(max_size=20), st.integers()),
+        "log_system": st.one_of(
+            st.text(max_size=20), st.integers(), st.just(Named()), st.just(Nameless())
+        ),
         "log_failure": st.builds(failure),
+        "log_flattened": st.just({}),
     },
 )
 
@@ -186,6 +233,29 @@ class ClassicFormatTests(unittest.TestCase):
             observe(dict(event))
             expected.append(theirs.getvalue()[before:])
             got.append(ours(dict(event)) or "")
+        self.assertEqual(got, expected)
+
+    def test_everyFormat(self) -> None:
+        """
+        Each format of L{FORMATS}, with values that fit its fields and
+        values that do not, and each kind of system.
+        """
+        expected, got = [], []
+        ours = classicFormat()
+        for format in FORMATS:
+            for n, w in [(5, 3), (-3, 4), (12345, "x"), (0, None)]:
+                for system in [{}, {"log_system": "sys"}, {"log_system": 7},
+                               {"log_system": Named()}, {"log_system": Nameless()},
+                               {"log_namespace": "ns", "log_level": LogLevel.warn}]:
+                    event = dict(
+                        log_format=format, log_time=1_790_000_000.25, sid="3f2a9c1e",
+                        n=n, w=w, thing=Thing(), call=lambda: "called", seq=[1],
+                        bad=Unformattable(), dyn=Dynamic(), **system,
+                    )
+                    theirs = io.StringIO()
+                    textFileLogObserver(theirs)(dict(event))
+                    expected.append(theirs.getvalue())
+                    got.append(ours(dict(event)) or "")
         self.assertEqual(got, expected)
 
     def test_sessionLine(self) -> None:
@@ -331,6 +401,18 @@ class WorkerLinesTests(unittest.TestCase):
         self.assertEqual(workerLines(event("session opened: 3f2a9c1e")), "info session opened: 3f2a9c1e\n")
         self.assertEqual(workerLines(event("a\nb", LogLevel.warn)), "warn a\nwarn b\n")
         self.assertIsNone(workerLines(event("")))
+
+    @given(events)
+    @settings(max_examples=300, deadline=None)
+    def test_sameTextAsTwisted(self, logged: Dict[str, Any]) -> None:
+        """
+        A worker's lines carry the text Twisted's C{eventAsText} gives the
+        event (its traceback included), each after the level's name.
+        """
+        text = eventAsText(dict(logged), includeTimestamp=False, includeSystem=False)
+        name = getattr(logged.get("log_level"), "name", "info")
+        expected = "".join(f"{name} {line}\n" for line in text.splitlines()) or None
+        self.assertEqual(workerLines(dict(logged)), expected)
 
     def test_observer(self) -> None:
         """

@@ -29,7 +29,7 @@ from twisted.logger import Logger, LogLevel, eventAsText
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsglue.logs import TurnFileLogObserver
+from wsglue.logs import TurnFileLogObserver, formatEvent
 from wsglue.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
@@ -137,7 +137,10 @@ def workerLines(event: Dict[str, Any]) -> Optional[str]:
     The lines a worker writes for C{event}: each line of its text, after
     the name of its level (C{info session opened: 3f2a9c1e}).
     """
-    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    if "log_failure" in event:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    else:
+        text = formatEvent(event)
     if not text:
         return None
     name = getattr(event.get("log_level"), "name", "info")
