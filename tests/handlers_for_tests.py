@@ -126,3 +126,26 @@ def failingFactory(registry: SessionRegistry) -> None:
     A handler factory that cannot build its handler.
     """
     raise HandlerError("the backend is unreachable")
+
+
+class Collector:
+    """
+    Answers C{gc} with the process's collector settings: its thresholds
+    and how many objects are frozen (C{"5000 20 10 frozen=61234"}).
+    """
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+
+    def opened(self, sid: str, conn: Any) -> None:
+        pass
+
+    def closed(self, sid: str, conn: Any) -> None:
+        pass
+
+    def received(self, sid: str, conn: Any, message: Message) -> Optional[str]:
+        import gc
+
+        if message != "gc":
+            return None
+        return " ".join(map(str, gc.get_threshold())) + f" frozen={gc.get_freeze_count()}"

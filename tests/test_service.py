@@ -1,16 +1,24 @@
 """
-Tests for L{wsglue.service.describeAddress}: the URL of the start-up line
-(SPEC section 9).
+Tests for L{wsglue.service}: L{describeAddress}, the URL of the start-up line
+(SPEC section 9), and L{CollectorTuning}.
 """
 
 from __future__ import annotations
 
+import gc
+import types
+import weakref
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from wsglue.service import describeAddress
+from tests.common import connect, freePort, options, spawnDaemon
+from wsglue import service
+from wsglue.service import CollectorTuning, describeAddress
+from wsglue.tap import makeService
 
 
 class _Port:
@@ -60,3 +68,83 @@ class DescribeAddressTests(SynchronousTestCase):
         """
         port = _Port(UNIXAddress(b"/run/wsglue.sock"))
         self.assertEqual(describeAddress(port, False), "ws+unix:///run/wsglue.sock")
+
+
+class CollectorTuningTests(SynchronousTestCase):
+    """
+    L{CollectorTuning} freezes what start-up made and raises the young
+    generations' thresholds; garbage in cycles is still collected.
+    """
+
+    def setUp(self) -> None:
+        thresholds = gc.get_threshold()
+
+        def restore() -> None:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+
+        self.addCleanup(restore)
+
+    def test_tuned(self) -> None:
+        gc.unfreeze()
+        CollectorTuning().startService()
+        self.assertEqual(gc.get_threshold(), (5000, 20, 10))
+        self.assertGreater(gc.get_freeze_count(), 1000)
+
+    def test_cyclesCollected(self) -> None:
+        CollectorTuning().startService()
+
+        class Node:
+            pass
+
+        collected = []
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        ref = weakref.ref(node, collected.append)
+        del node
+        self.assertEqual(collected, [])  # a cycle: not freed by reference counting
+        gc.collect()
+        self.assertIsNone(ref())
+
+    def test_otherInterpreters(self) -> None:
+        """
+        Where the C{gc} module has no C{freeze} (PyPy), nothing is changed.
+        """
+        calls = []
+        self.patch(service, "gc", types.SimpleNamespace(collect=lambda: calls.append("collect")))
+        before = gc.get_threshold()
+        CollectorTuning().startService()
+        self.assertEqual((calls, gc.get_threshold()), ([], before))
+
+    def test_underTwistdOnly(self) -> None:
+        """
+        L{makeService} adds it when twistd runs it (no reactor given), to
+        the single process and to the parent of C{--workers}; not to a
+        service built on a given reactor, as tests and embedders do.
+        """
+        for argv in [(), ("--workers", "2", "--redis", "redis://127.0.0.1:1/0")]:
+            self.assertIsInstance(makeService(options(*argv)).getServiceNamed("collector"), CollectorTuning)
+            with self.assertRaises(KeyError):
+                makeService(options(*argv), reactor).getServiceNamed("collector")
+
+
+class CollectorDaemonTests(TestCase):
+    """
+    A real C{twistd -n wsglue} runs with the collector tuned.
+    """
+
+    @inlineCallbacks
+    def test_daemon(self) -> Any:
+        port = freePort()
+        daemon = spawnDaemon(
+            self, ["--port", f"tcp:{port}:interface=127.0.0.1", "--handler", "tests.handlers_for_tests:Collector"]
+        )
+        yield daemon.waitForOutput("started websocket server at")
+        client = yield connect(self, port)
+        client.send("gc")
+        answer = yield client.nextMessage()
+        thresholds, frozen = answer.rsplit(" ", 1)
+        self.assertEqual(thresholds, "5000 20 10")
+        self.assertGreater(int(frozen.split("=")[1]), 1000)
+        client.transport.loseConnection()
+        yield daemon.stop()

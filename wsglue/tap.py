@@ -26,7 +26,7 @@ from wsglue.origin import OriginPolicy
 from wsglue.reactor import installIfUnchosen
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
-from wsglue.service import WebSocketService
+from wsglue.service import CollectorTuning, WebSocketService
 from wsglue.web import makeSite
 
 
@@ -271,6 +271,8 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         )
         pool.setName("workers")
         top = MultiService()
+        if handleSignals:
+            CollectorTuning().setServiceParent(top)
         pool.setServiceParent(top)
         return top
 
@@ -321,6 +323,9 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     )
 
     top = MultiService()
+    if handleSignals:
+        # A process of its own (twistd): see CollectorTuning.
+        CollectorTuning().setServiceParent(top)
     if options.get("redis-url") is not None:
         from wsglue.cluster import RedisService
 
