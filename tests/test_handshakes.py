@@ -89,8 +89,8 @@ LINES = st.sampled_from(LINE_VARIANTS)
 # Each header: absent, or one of these values (two values: sent twice).
 VARIANTS: Dict[str, List[Any]] = {
     "Host": [HOST, "localhost", "127.0.0.1:abc", "[::1]:9998", "[::1]", "h:80", (HOST, HOST)],
-    "Upgrade": ["websocket", "WebSocket", "h2c, websocket", "foo", ""],
-    "Connection": ["Upgrade", "keep-alive, Upgrade", "close", "upgrade"],
+    "Upgrade": ["websocket", "WebSocket", "h2c, websocket", "foo", "", " WebSocket\t", "websockets"],
+    "Connection": ["Upgrade", "keep-alive, Upgrade", "close", "upgrade", " UPGRADE ", "upgraded"],
     "Sec-WebSocket-Key": [
         KEY, " " + KEY, KEY[:-1], KEY[:-2] + "=x", "dGhlIHNhbXBsZSBub25jZQ!=", (KEY, KEY),
     ],

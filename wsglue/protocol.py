@@ -327,7 +327,12 @@ def _hasToken(value: Optional[str], token: str) -> bool:
     Whether the comma-separated header C{value} lists C{token}, as
     Autobahn reads Upgrade and Connection.
     """
-    return value is not None and any(part.strip().lower() == token for part in value.split(","))
+    if value is None:
+        return False
+    if "," not in value:
+        # The usual one-token header ("websocket", "Upgrade").
+        return value.strip().lower() == token
+    return any(part.strip().lower() == token for part in value.split(","))
 
 
 def _drained(transport: Any) -> bool:
