@@ -30,7 +30,7 @@ class CollectorTuning(Service):
     each time that number has grown by a quarter: during a ramp to 10,000
     sessions, three walks of up to 170,000 objects, 60,000 of them the
     modules, classes and functions of Twisted, Autobahn and wsglue, which
-    live as long as the process.  That was about a tenth of a process's
+    live as long as the process.  That was 5 to 10 % of a process's
     CPU time per handshake.  On start this service collects once, then
     freezes what is left (C{gc.freeze}: never walked again) and collects
     the youngest generation every C{thresholds[0]} new container objects
