@@ -769,7 +769,11 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="echo clients: raw sockets with prebuilt frames, or Node ws clients",
     )
     p.add_argument("--concurrency", type=int, default=256, help="handshakes in flight, all loaders")
-    p.add_argument("--workers", type=int, default=8,
+    # Six: the fewest whose share of the 100,000-session phase (16,667 each,
+    # 16.1k-17.2k files at the peak) stays well under the 20,000 files a
+    # process may hold.  On two cores every process more costs CPU per
+    # handshake (8 workers: 157-178 us, 6: 144-154 us; see the README).
+    p.add_argument("--workers", type=int, default=6,
                    help="wsglue-cluster's --workers (each process holds < 20,000 files)")
     p.add_argument("--handler", default="bench.handler:Bench",
                    help="wsglue's --handler (importable with the repository on PYTHONPATH)")
