@@ -5,6 +5,7 @@ C{--handler tests.handlers_for_tests:NAME}.
 
 from __future__ import annotations
 
+import gc
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet import reactor
@@ -144,8 +145,6 @@ class Collector:
         pass
 
     def received(self, sid: str, conn: Any, message: Message) -> Optional[str]:
-        import gc
-
         if message != "gc":
             return None
         return " ".join(map(str, gc.get_threshold())) + f" frozen={gc.get_freeze_count()}"
