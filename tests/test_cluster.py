@@ -8,6 +8,7 @@ nodes, real clients) sharing one Redis.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from typing import Any, Dict, List, Optional
 
@@ -721,6 +722,35 @@ def eventually(question: Any, expected: Any, timeout: float = 15, interval: floa
     raise AssertionError(f"still {answer!r}, not {expected!r}, after {timeout}s")
 
 
+def _resp(*words: str) -> bytes:
+    """
+    A Redis command in RESP.
+    """
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _readUntil(sock: socket.socket, wanted: bytes, count: int, seconds: float = 5) -> bool:
+    """
+    Read C{sock} (blocking, for at most C{seconds}) until C{wanted} has
+    been seen C{count} times; whether it was.
+    """
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while data.count(wanted) < count:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data.count(wanted) >= count
+
+
 class RealRedisTests(TestCase):
     """
     Registries in this process, on a private redis-server.
@@ -810,6 +840,39 @@ class RealRedisTests(TestCase):
         b.send(SID_A, "back")
         yield conn.waitForCount(2)
         self.assertEqual(conn.received, ["local", "back"])
+
+    @inlineCallbacks
+    def test_publishedBeforeLocalDelivery(self) -> Any:
+        """
+        C{broadcast} and C{send} hand their PUBLISH to the kernel before
+        they deliver to the node's own connections, so that the other
+        nodes deliver meanwhile: a subscriber outside the reactor has the
+        message by the time the first local connection is sent to.
+        """
+        a, b = self.node(), self.node()
+        a.add(SID_A, Recorder())
+        yield eventually(lambda: b.hasSession(SID_A), True)
+        url = parseRedisURL(self.redis.url)
+        watcher = socket.create_connection((url.host, url.port), timeout=5)
+        self.addCleanup(watcher.close)
+        watcher.sendall(_resp("SUBSCRIBE", a.allChannel, a.sessionChannel(SID_A)))
+        _readUntil(watcher, b"subscribe", 2)
+        seen: List[bool] = []
+
+        class Probe(FakeConnection):
+            # Blocks the reactor: only the kernel and Redis can bring the
+            # message now.
+            def sendPrepared(self, prepared: Any) -> bool:
+                message = unframe(prepared.payloadHybi)
+                seen.append(_readUntil(watcher, message.encode(), 1))
+                return FakeConnection.sendPrepared(self, prepared)
+
+        probe = Probe()
+        a.add(SID_A, probe)
+        self.assertEqual(a.broadcast("everyone"), 2)
+        self.assertEqual(a.send(SID_A, "only you"), 2)
+        self.assertEqual(seen, [True, True])
+        self.assertEqual(probe.received, ["everyone", "only you"])
 
     @inlineCallbacks
     def test_password(self) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -32,6 +33,7 @@ from wsglue.fastwrite import (
     IMMEDIATE_TRANSPORTS,
     ImmediateWriteServer,
     NoDelayImmediateWriteServer,
+    sendNow,
     useImmediateWrites,
 )
 from wsglue.protocol import _LazyPformat
@@ -193,6 +195,50 @@ class UseImmediateWritesTests(TestCase):
         self.assertTrue(conn.transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         client.send("ping")
         self.assertEqual(await client.nextMessage(), "pong")
+
+
+class SendNowTests(TestCase):
+    """
+    L{sendNow} hands what a plain TCP transport holds to the kernel at once.
+    """
+
+    async def test_clientSendsAtOnce(self) -> None:
+        """
+        Bytes written to a TCP client transport wait for the reactor's next
+        turn; after C{sendNow} they are in the peer's socket already, and
+        the transport no longer waits to write.
+        """
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getsockname()[1])
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        transport = client.transport
+        self.addCleanup(transport.abortConnection)
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        peer.settimeout(5)
+        transport.write(b"hello")
+        self.assertIn(transport, reactor.getWriters())
+        sendNow(transport)
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(peer.recv(100), b"hello")
+
+    def test_othersLeftAlone(self) -> None:
+        """
+        A transport that is not plain TCP, or holds nothing, is left as it
+        is.
+        """
+        from twisted.internet.testing import StringTransport
+
+        other = StringTransport()
+        other.write(b"held")
+        sendNow(other)
+        self.assertEqual(other.value(), b"held")
+        transport, theirs, memory = _transport(self)
+        sendNow(transport)
+        self.assertEqual(_readAll(theirs), b"")
 
 
 class _RecordingSocket:

@@ -10,9 +10,10 @@ How it works:
   - A node subscribes to C{wsglue:<db>:all} and, for each session it holds at
     least one connection of, to C{wsglue:<db>:s:<sid>}.  Redis pub/sub
     ignores the database number, so the channel names carry it.
-  - C{send(sid, m)} delivers to the local connections at once and publishes
-    C{m} on the session's channel; C{broadcast(m)} delivers locally and
-    publishes on the C{all} channel; C{close(sid)} likewise.  A node ignores
+  - C{send(sid, m)} publishes C{m} on the session's channel, handed to the
+    kernel at once, then delivers to the local connections; C{broadcast(m)}
+    publishes on the C{all} channel, then delivers locally; C{close(sid)}
+    likewise.  The other nodes deliver while this one does.  A node ignores
     what it published itself (the envelope carries the node id), so every
     connection in the cluster gets a message exactly once.
   - Presence: each node keeps the set C{wsglue:<db>:node:<id>} of its session
@@ -44,6 +45,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsglue.fastwrite import sendNow
 from wsglue.redisurl import RedisURL
 from wsglue.registry import IConnection, Message, SessionRegistry
 
@@ -393,10 +395,10 @@ class ClusterRegistry(SessionRegistry):
         @return: the number of connections of this process reached; the
             other nodes' connections are reached through Redis, later.
         """
-        data = encode(OP_SEND, self.nodeId, message)
-        reached = SessionRegistry.send(self, sid, message)
-        self._publish(self.sessionChannel(sid), data)
-        return reached
+        # Published first, so that the other nodes deliver while this one
+        # does (see TxRedisLink.publish).
+        self._publish(self.sessionChannel(sid), encode(OP_SEND, self.nodeId, message))
+        return SessionRegistry.send(self, sid, message)
 
     def broadcast(self, message: Message) -> int:
         """
@@ -404,10 +406,10 @@ class ClusterRegistry(SessionRegistry):
 
         @return: the number of connections of this process reached.
         """
-        data = encode(OP_BROADCAST, self.nodeId, message)
-        reached = SessionRegistry.broadcast(self, message)
-        self._publish(self.allChannel, data)
-        return reached
+        # Published first: a broadcast reaches the other nodes' connections
+        # while this node walks its own, instead of after it.
+        self._publish(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
+        return SessionRegistry.broadcast(self, message)
 
     def broadcastLocal(self, message: Message) -> int:
         """
@@ -424,9 +426,8 @@ class ClusterRegistry(SessionRegistry):
 
         @return: the number of connections of this process asked to close.
         """
-        closing = SessionRegistry.close(self, sid, code, reason)
         self._publish(self.sessionChannel(sid), encode(OP_CLOSE, self.nodeId, None, code, reason))
-        return closing
+        return SessionRegistry.close(self, sid, code, reason)
 
     def sessionsEverywhere(self) -> Deferred:
         """
@@ -706,10 +707,18 @@ class TxRedisLink:
         return self._connection() is not None
 
     def publish(self, channel: str, data: bytes) -> Deferred:
+        """
+        PUBLISH, handed to the kernel at once (L{sendNow}): the registry
+        publishes before it delivers to its own connections, and on
+        Twisted's own schedule the command would leave only once that loop
+        is over.
+        """
         conn = self._connection()
         if conn is None:
             return defer.fail(RedisUnavailable("not connected"))
-        return conn.execute_command("PUBLISH", channel, data)
+        d = conn.execute_command("PUBLISH", channel, data)
+        sendNow(conn.transport)
+        return d
 
     def execute(self, *args: Any) -> Deferred:
         conn = self._connection()

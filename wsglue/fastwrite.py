@@ -94,6 +94,23 @@ class NoDelayImmediateWriteServer(ImmediateWriteServer):
 # The transports whose writes go to the kernel at once, as exact types (the
 # protocol's fast paths test the type, not isinstance).
 IMMEDIATE_TRANSPORTS = frozenset((ImmediateWriteServer, NoDelayImmediateWriteServer))
+_PLAIN_TCP = frozenset((tcp.Client, tcp.Server)) | IMMEDIATE_TRANSPORTS
+
+
+def sendNow(transport: Any) -> None:
+    """
+    Hand what a plain TCP transport holds to the kernel now, rather than on
+    the next reactor turn: what the reactor would do on that turn, done
+    early.  Anything else (TLS, a wrapper, a transport with nothing held)
+    is left alone.
+
+    A write error is left where it is for the reactor's own C{doWrite}, which
+    meets it again and reports the connection lost the usual way.
+    """
+    if type(transport) not in _PLAIN_TCP or not transport.connected or transport.TLS:
+        return
+    if transport.dataBuffer or transport._tempDataLen:
+        transport.doWrite()
 
 
 def useImmediateWrites(port: Any) -> bool:
