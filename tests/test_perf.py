@@ -10,13 +10,10 @@ from __future__ import annotations
 import gc
 import socket
 import struct
-import sys
-from unittest import skipUnless
 import weakref
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
@@ -29,13 +26,7 @@ from tests.handlers_for_tests import Recorder
 from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
 from wsglue.protocol import GlueServerProtocol, _drained
 from wsglue.web import WebSocketUpgrade
-from wsglue.fastwrite import (
-    IMMEDIATE_TRANSPORTS,
-    ImmediateWriteServer,
-    NoDelayImmediateWriteServer,
-    sendNow,
-    useImmediateWrites,
-)
+from wsglue.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
 from wsglue.protocol import _LazyPformat
 
 
@@ -145,33 +136,8 @@ class UseImmediateWritesTests(TestCase):
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.assertTrue(useImmediateWrites(port))
-        self.assertIn(port.transport, IMMEDIATE_TRANSPORTS)
+        self.assertIs(port.transport, ImmediateWriteServer)
         self.assertFalse(useImmediateWrites(object()))
-
-    @skipUnless(sys.platform.startswith("linux"), "TCP_NODELAY is set on the listener on Linux only")
-    async def test_acceptedWithNoDelay(self) -> None:
-        """
-        On Linux the switched port's listening socket has C{TCP_NODELAY},
-        and a connection it accepts has it before anyone sets it: its
-        transport says so and skips setting it again.
-        """
-        made: Deferred = Deferred()
-
-        class Probe(Protocol):
-            def connectionMade(self) -> None:
-                sock = self.transport.getHandle()
-                made.callback((type(self.transport), sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
-
-        port = reactor.listenTCP(0, Factory.forProtocol(Probe), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        useImmediateWrites(port)
-        self.assertIs(port.transport, NoDelayImmediateWriteServer)
-        self.assertTrue(port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        kind, noDelay = await made
-        self.assertIs(kind, NoDelayImmediateWriteServer)
-        self.assertTrue(noDelay)
 
     def test_serviceListensWithImmediateWrites(self) -> None:
         """
@@ -179,9 +145,9 @@ class UseImmediateWritesTests(TestCase):
         """
         running = serve(self)
         port = running.service.getServiceNamed("websocket").port
-        self.assertIn(port.transport, IMMEDIATE_TRANSPORTS)
+        self.assertIs(port.transport, ImmediateWriteServer)
 
-    async def test_openConnectionHasNoDelay(self) -> None:
+    async def test_openConnectionTakesFastPath(self) -> None:
         """
         An open WebSocket of the service has C{TCP_NODELAY} set on its
         socket, and its sends take the protocol's fast path (the kernel
@@ -190,7 +156,7 @@ class UseImmediateWritesTests(TestCase):
         running = serve(self)
         client = await connect(self, running.port)
         [conn] = list(running.registry.allConnections())
-        self.assertIn(type(conn.transport), IMMEDIATE_TRANSPORTS)
+        self.assertIs(type(conn.transport), ImmediateWriteServer)
         self.assertTrue(_drained(conn.transport))
         self.assertTrue(conn.transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         client.send("ping")
@@ -239,60 +205,6 @@ class SendNowTests(TestCase):
         transport, theirs, memory = _transport(self)
         sendNow(transport)
         self.assertEqual(_readAll(theirs), b"")
-
-
-class _RecordingSocket:
-    """
-    A socket that records the options set on it.
-    """
-
-    def __init__(self) -> None:
-        self.options: List[Any] = []
-
-    def fileno(self) -> int:
-        return -1
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def setsockopt(self, *args: Any) -> None:
-        self.options.append(args)
-
-
-class NoDelayTests(SynchronousTestCase):
-    """
-    C{setTcpNoDelay} makes a system call only when the option changes.
-    """
-
-    def _transport(self, kind: type) -> Any:
-        sock = _RecordingSocket()
-        return kind(sock, Protocol(), ("127.0.0.1", 1), _FakePort(), 0, MemoryReactor()), sock
-
-    def test_knownSetIsNotSetAgain(self) -> None:
-        """
-        On a connection accepted with C{TCP_NODELAY}, setting it makes no
-        system call; clearing it does, and so does setting it after that.
-        """
-        transport, sock = self._transport(NoDelayImmediateWriteServer)
-        transport.setTcpNoDelay(True)
-        self.assertEqual(sock.options, [])
-        transport.setTcpNoDelay(False)
-        transport.setTcpNoDelay(True)
-        transport.setTcpNoDelay(1)
-        self.assertEqual(
-            sock.options,
-            [(socket.IPPROTO_TCP, socket.TCP_NODELAY, False), (socket.IPPROTO_TCP, socket.TCP_NODELAY, True)],
-        )
-
-    def test_unknownIsSet(self) -> None:
-        """
-        On a connection not known to have it, the first C{setTcpNoDelay}
-        sets the option; a second is skipped.
-        """
-        transport, sock = self._transport(ImmediateWriteServer)
-        transport.setTcpNoDelay(True)
-        transport.setTcpNoDelay(True)
-        self.assertEqual(sock.options, [(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)])
 
 
 class OpenConnectionTests(TestCase):

@@ -40,7 +40,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from wsglue.cookies import SessionCookies, shortId
-from wsglue.fastwrite import IMMEDIATE_TRANSPORTS
+from wsglue.fastwrite import ImmediateWriteServer
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
 from wsglue.masking import createXorMasker
@@ -341,7 +341,7 @@ def _drained(transport: Any) -> bool:
     nothing back: the kernel took every byte written so far.
     """
     return (
-        type(transport) in IMMEDIATE_TRANSPORTS
+        type(transport) is ImmediateWriteServer
         and not transport.dataBuffer
         and not transport._tempDataLen
         and not transport.TLS
