@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted.web.http import HTTPChannel
 
-from tests.common import connect, serve
+from tests.common import connect, serve, waitFor
 from tests.handlers_for_tests import Recorder
 from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
 from wsglue.protocol import GlueServerProtocol, _drained
@@ -168,11 +168,9 @@ class SendNowTests(TestCase):
     L{sendNow} hands what a plain TCP transport holds to the kernel at once.
     """
 
-    async def test_clientSendsAtOnce(self) -> None:
+    async def _connected(self) -> Any:
         """
-        Bytes written to a TCP client transport wait for the reactor's next
-        turn; after C{sendNow} they are in the peer's socket already, and
-        the transport no longer waits to write.
+        A TCP client transport and the accepted socket at its other end.
         """
         listener = socket.socket()
         self.addCleanup(listener.close)
@@ -184,12 +182,45 @@ class SendNowTests(TestCase):
         self.addCleanup(transport.abortConnection)
         peer, _ = listener.accept()
         self.addCleanup(peer.close)
+        return transport, peer
+
+    async def test_clientSendsAtOnce(self) -> None:
+        """
+        Bytes written to a TCP client transport wait for the reactor's next
+        turn; after C{sendNow} they are in the peer's socket already, and
+        the transport no longer waits to write.
+        """
+        transport, peer = await self._connected()
         peer.settimeout(5)
         transport.write(b"hello")
         self.assertIn(transport, reactor.getWriters())
         sendNow(transport)
         self.assertNotIn(transport, reactor.getWriters())
         self.assertEqual(peer.recv(100), b"hello")
+
+    async def test_closingLeftToReactor(self) -> None:
+        """
+        A transport asked to close once its data is out is left to the
+        reactor, which sends the data and then closes the connection.
+        """
+        transport, peer = await self._connected()
+        transport.write(b"bye")
+        transport.loseConnection()
+        sendNow(transport)
+        self.assertIn(transport, reactor.getWriters())
+        peer.setblocking(False)
+        received: List[bytes] = []
+
+        def closed() -> bool:
+            try:
+                chunk = peer.recv(100)
+            except BlockingIOError:
+                return False
+            received.append(chunk)
+            return chunk == b""
+
+        await waitFor(closed)
+        self.assertEqual(b"".join(received), b"bye")
 
     def test_othersLeftAlone(self) -> None:
         """

@@ -67,13 +67,21 @@ def sendNow(transport: Any) -> None:
     """
     Hand what a plain TCP transport holds to the kernel now, rather than on
     the next reactor turn: what the reactor would do on that turn, done
-    early.  Anything else (TLS, a wrapper, a transport with nothing held)
-    is left alone.
+    early.  Anything else (TLS, a wrapper, a transport with nothing held,
+    one that is closing) is left alone.
 
     A write error is left where it is for the reactor's own C{doWrite}, which
-    meets it again and reports the connection lost the usual way.
+    meets it again and reports the connection lost the usual way.  A closing
+    transport is left to the reactor because its last C{doWrite} returns
+    what closes the connection, which only the reactor acts on.
     """
-    if type(transport) not in _PLAIN_TCP or not transport.connected or transport.TLS:
+    if (
+        type(transport) not in _PLAIN_TCP
+        or not transport.connected
+        or transport.TLS
+        or transport.disconnecting
+        or transport._writeDisconnecting
+    ):
         return
     if transport.dataBuffer or transport._tempDataLen:
         transport.doWrite()
