@@ -84,14 +84,25 @@ def _raiseFileLimit() -> None:
 class Child:
     """
     A process started by the bench; its output is collected by a thread.
+
+    The thread reads the output in chunks, as the process writes it, and
+    hands it on line by line until L{quiet} is called: a server's start-up
+    lines are waited for, the log lines of its sessions are not, and
+    splitting and queueing tens of thousands of them would take CPU from
+    the machine under test (the bench's own process is not in any share it
+    reports).  The last 64 KiB are kept for error messages either way.
     """
+
+    _TAIL = 65536
 
     def __init__(self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
                  stdin: bool = False) -> None:
         self.name = name
         self.argv = list(argv)
         self.lines: "queue.Queue[str]" = queue.Queue()
-        self.output: List[str] = []
+        self._tail: List[bytes] = []
+        self._tailSize = 0
+        self._quiet = False
         self.proc = subprocess.Popen(
             self.argv,
             cwd=ROOT,
@@ -99,19 +110,41 @@ class Child:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
             preexec_fn=_raiseFileLimit,
         )
         self.pid = self.proc.pid
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def quiet(self) -> None:
+        """
+        Stop handing on lines: from now on the output is only kept for
+        L{tail}.
+        """
+        self._quiet = True
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            self.lines.put(line)
+        fd = self.proc.stdout.fileno()
+        carry = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._tail.append(chunk)
+            self._tailSize += len(chunk)
+            while self._tailSize - len(self._tail[0]) >= self._TAIL:
+                self._tailSize -= len(self._tail.pop(0))
+            if self._quiet:
+                continue
+            *complete, carry = (carry + chunk).split(b"\n")
+            for line in complete:
+                self.lines.put(line.decode("utf-8", "replace") + "\n")
+        if carry and not self._quiet:
+            self.lines.put(carry.decode("utf-8", "replace"))
         self.lines.put("")  # end of output
 
     def waitForLine(self, text: str, timeout: float) -> str:
@@ -130,7 +163,8 @@ class Child:
                 return line
 
     def tail(self, n: int = 20) -> str:
-        return "".join(self.output[-n:])
+        text = b"".join(self._tail).decode("utf-8", "replace")
+        return "".join(text.splitlines(keepends=True)[-n:])
 
     def stop(self, timeout: float = 10) -> None:
         """
@@ -164,7 +198,7 @@ class Loader(Child):
     def send(self, **command: Any) -> None:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.write((json.dumps(command) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise BenchError(f"{self.name} is gone:\n{self.tail()}")
@@ -368,6 +402,8 @@ class Server:
             # The parent only binds; each worker says when it accepts.
             for _ in range(config.workers):
                 self.child.waitForLine("accepting connections at", 30)
+        # Ready: its session log lines need not be read line by line.
+        self.child.quiet()
 
     def pids(self) -> List[int]:
         assert self.child is not None  # set once the server started

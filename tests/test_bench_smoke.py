@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from typing import Any, Dict, List
 
 from twisted.internet import reactor
@@ -174,3 +175,49 @@ class FailedStartTests(SynchronousTestCase):
         self.assertEqual(len(server.extra), 1)
         for child in [server.child] + server.extra:
             self.assertIsNotNone(child.proc.poll(), child.name)
+
+
+class ChildOutputTests(SynchronousTestCase):
+    """
+    The bench's children: their output is handed on line by line until
+    they are made quiet, and kept for error messages either way.
+    """
+
+    def test_linesAcrossWritesThenQuiet(self) -> None:
+        """
+        A line written in two pieces is handed on whole; after C{quiet},
+        lines are no longer handed on, and C{tail} still shows them.
+        """
+        from bench.__main__ import Child
+
+        script = (
+            "import sys\n"
+            "for piece in ('sta', 'rted at x\\nnext\\n', 'after quiet\\n'):\n"
+            "    sys.stdout.write(piece); sys.stdout.flush(); sys.stdin.readline()\n"
+        )
+        child = Child("probe", [sys.executable, "-c", script], stdin=True)
+        self.addCleanup(child.stop)
+        assert child.proc.stdin is not None
+
+        def proceed() -> None:
+            child.proc.stdin.write(b"go\n")
+            child.proc.stdin.flush()
+
+        # The first piece is read on its own before the rest is written.
+        pause = threading.Event()
+        for _ in range(1000):
+            if child._tailSize:
+                break
+            pause.wait(0.01)
+        self.assertEqual(child._tailSize, 3)
+        proceed()
+        self.assertEqual(child.waitForLine("started", 10), "started at x\n")
+        self.assertEqual(child.waitForLine("next", 10), "next\n")
+        child.quiet()
+        proceed()
+        proceed()
+        child.proc.wait(10)
+        child._reader.join(10)
+        # Only the end-of-output mark was handed on after quiet.
+        self.assertEqual(child.lines.get(timeout=1), "")
+        self.assertEqual(child.tail(), "started at x\nnext\nafter quiet\n")
