@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import StringTransport
 
 from tests.ports import freePort  # noqa: F401 (the suite imports it from here)
 from wsglue.tap import Options, makeService
@@ -414,3 +415,19 @@ def makeCertificate(folder: str) -> Tuple[str, str, bytes]:
     with open(certPath, "wb") as f:
         f.write(pem)
     return keyPath, certPath, pem
+
+
+class TCPLikeTransport(StringTransport):
+    """
+    A L{StringTransport} that behaves as a TCP transport does where
+    wsglue relies on it: it names the protocol it delivers to (which a
+    handover replaces), and unregistering a producer when none is
+    registered is harmless.
+    """
+
+    protocol: Any = None
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+

@@ -17,27 +17,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.common import handshakeRequest
+from tests.common import TCPLikeTransport, handshakeRequest
 from tests.test_protocol import clientFrame, serverFrames
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol
-from wsglue.web import GlueRoot, makeSite
+from wsglue.web import DeadlineChannel, GlueRoot, makeSite
 
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
 
 
-class Transport(StringTransport):
-    """
-    A L{StringTransport} that, like a TCP transport, names the protocol it
-    delivers to.
-    """
-
-    protocol: Any = None
-
-    def unregisterProducer(self) -> None:
-        # Like a TCP transport, and unlike StringTransport, unregistering
-        # when no producer is registered is harmless.
-        self.producer = None
-        self.streaming = None
+Transport = TCPLikeTransport
 
 
 class HandoverTests(SynchronousTestCase):
@@ -177,9 +165,29 @@ class HandoverTests(SynchronousTestCase):
         [deadline] = self.clock.getDelayedCalls()
         self.assertEqual(deadline.getTime(), 10)
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertIs(transport.producer, channel)
+        self.assertIsInstance(transport.protocol, DeadlineChannel)
+        self.assertIs(transport.producer, transport.protocol)
         # (The page itself is checked over a socket by tests.test_web.)
         self.assertEqual(self.routed, [b"/"])
+
+    def test_deadlineCountsFromConnecting(self) -> None:
+        """
+        A request handed to twisted.web keeps the deadline that started
+        when the connection did: a body that trickles is dropped 10 seconds
+        after connecting, not 10 seconds after the headers, and counted.
+        """
+        transport, _ = self.send()
+        self.clock.advance(4)
+        transport.protocol.dataReceived(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
+        )
+        self.assertIsInstance(transport.protocol, DeadlineChannel)
+        self.clock.advance(5.9)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.factory.limits.counters["dropped_handshake_timeout"], 1)
+        self.assertEqual(self.factory.countConnections, 0)
 
     def test_withoutDeadlineStartsAtOnce(self) -> None:
         """

@@ -360,16 +360,16 @@ class HandshakeDeadlineTests(SynchronousTestCase):
 
     def channel(self, clock: Clock) -> Any:
         from twisted.internet.address import IPv4Address
-        from twisted.internet.testing import StringTransport
 
-        from tests.common import options
+        from tests.common import TCPLikeTransport, options
         from wsglue.protocol import GlueServerFactory
         from wsglue.web import makeSite
 
         factory = GlueServerFactory(reactor=clock)
         site = makeSite(options()["static"], factory, timeout=60, handshakeTimeout=3, reactor=clock)
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-        transport = StringTransport()
+        transport = TCPLikeTransport()
+        transport.protocol = channel
         channel.makeConnection(transport)
         self.factory = factory
         return channel, transport

@@ -361,6 +361,9 @@ class _Timer:
         if self._call.active():
             self._call.cancel()
 
+    def getTime(self) -> float:
+        return self._call.getTime()
+
 
 class _ExactTimer:
     """
@@ -399,6 +402,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # Made when Autobahn's frame parser first reads it (see _WhenRead); the
     # short frame path never does.
     utf8validator = _WhenRead(lambda connection: Utf8Validator())
+    # The site (L{wsglue.web.GlueSite}) that built this connection as the
+    # first protocol of its port, for as long as its first request may
+    # still turn out to be for twisted.web (see GlueSite.buildProtocol).
+    _front: Any = None
 
     # -- connection ---------------------------------------------------------
 
@@ -431,11 +438,43 @@ class GlueServerProtocol(WebSocketServerProtocol):
         self.send_state = SEND_STATE_GROUND
         self.data = b""
         self.send_queue = deque()
-        if self.openHandshakeTimeout > 0:
+        timeout = self.openHandshakeTimeout
+        front = self._front
+        if front is not None and front.handshakeTimeout and not 0 < timeout <= front.handshakeTimeout:
+            # The site's deadline for a complete first request is the
+            # shorter one (see GlueSite.buildProtocol).
+            timeout = front.handshakeTimeout
+        if timeout > 0:
             self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
-                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+                timeout, self.onOpenHandshakeTimeout
             )
         self.factory.countConnections += 1
+
+    def onOpenHandshakeTimeout(self) -> None:
+        front = self._front
+        if front is not None and front.limits is not None:
+            # No complete first request by the site's deadline (slowloris).
+            front.limits.bite("dropped_handshake_timeout")
+        WebSocketServerProtocol.onOpenHandshakeTimeout(self)
+
+    def leaveForHTTP(self) -> Optional[float]:
+        """
+        Let go of a connection whose first request is for twisted.web (see
+        L{wsglue.web.GlueSite.firstRequest}), before it is handed over:
+        undo what C{connectionMade} set up.  Return the seconds left of its
+        handshake deadline, or C{None} if it had none.
+        """
+        left = None
+        pending = self.openHandshakeTimeoutCall
+        if pending is not None:
+            self.openHandshakeTimeoutCall = None
+            left = max(0.0, pending.getTime() - self.factory.reactor.seconds())
+            pending.cancel()
+        self.factory.countConnections -= 1
+        self.state = WebSocketServerProtocol.STATE_CLOSED
+        self.data = b""
+        self.transport = None
+        return left
 
     def _onOpen(self) -> None:
         if ISSLTransport.providedBy(self.transport):
@@ -805,6 +844,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
             data = self._readFrames(data)
             if not data:
                 return
+        front = self._front
+        if front is not None:
+            front.firstRequest(self, data)
+            return
         self._dataReceived(data)
 
     def _shortFrameLimit(self) -> int:

@@ -2,10 +2,10 @@
 The one-port HTTP front: the static page and the WebSocket endpoint.
 
 A request for C{/} that asks for C{Upgrade: websocket} goes to the WebSocket
-factory: straight from the channel when it is the first request of its
-connection and in the common form (L{DeadlineChannel}), otherwise through
-Autobahn's L{WebSocketResource}.  Every other request is served from the
-static folder.
+factory: when it is the first request of its connection and in the common
+form, the WebSocket protocol the connection started with takes it without
+twisted.web (L{GlueSite.buildProtocol}); otherwise it goes through Autobahn's
+L{WebSocketResource}.  Every other request is served from the static folder.
 The static folder never lists directories and never serves a path outside
 itself (C{..}, encoded variants, symlinks that lead out).
 """
@@ -119,6 +119,20 @@ _BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
 _SHORT_HANDSHAKE_MAX = 8192
 
 
+def isCommonHandshake(head: bytes, end: int) -> bool:
+    """
+    Whether C{head[:end]}, a complete first request, is an opening
+    handshake in the common form (see L{_SHORT_HANDSHAKE}), which the
+    WebSocket protocol takes without twisted.web.
+    """
+    return bool(
+        end <= _SHORT_HANDSHAKE_MAX
+        and _SHORT_HANDSHAKE.fullmatch(head, 0, end)
+        and _UPGRADE_WEBSOCKET.search(head, 0, end)
+        and not _BODY.search(head, 0, end)
+    )
+
+
 def takeOver(transport: Any, protocol: Any) -> None:
     """
     Connect C{protocol} to C{transport} in place of the protocol it has, as
@@ -126,7 +140,7 @@ def takeOver(transport: Any, protocol: Any) -> None:
     """
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol
-    elif isinstance(transport.protocol, ProtocolWrapper):
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
         transport.protocol.wrappedProtocol = protocol
     else:
         transport.protocol = protocol
@@ -147,36 +161,33 @@ class DeadlineChannel(HTTPChannel):
     """
 
     _deadline: Any = None
-    # Whether twisted.web's connectionMade ran (see connectionMade).
-    _http = False
     # The start of the first request while it may still be a WebSocket
     # handshake to hand over (see dataReceived); None once it is decided.
     _head: Optional[bytes] = None
+    # For a connection handed over by the WebSocket protocol that was its
+    # first (see GlueSite.firstRequest): the seconds left of its deadline.
+    firstDeadline: Optional[float] = None
 
     def connectionMade(self) -> None:
-        if getattr(self.site, "websocketFactory", None) is not None:
+        site = self.site
+        if (
+            self.firstDeadline is None
+            and getattr(site, "websocketFactory", None) is not None
+            and not getattr(site, "handshakeTimeout", None)
+        ):
+            # Without a deadline GlueSite builds this channel first: a
+            # handshake is handed over from here (see dataReceived).
             self._head = b""
-            if getattr(self.site, "handshakeTimeout", None):
-                # Until the first request shows whether it is a handshake
-                # (see dataReceived), only the deadline runs: twisted.web's
-                # own set-up (idle timer, producer, TCP_NODELAY) is for a
-                # request that is not.
-                self._arm()
-                return
-        self._startHTTP()
-
-    def _startHTTP(self) -> None:
-        """
-        Start the channel as twisted.web does, with the deadline.
-        """
-        self._http = True
         HTTPChannel.connectionMade(self)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Hand an opening handshake in the common form straight to the
-        WebSocket protocol, and everything else to twisted.web.
+        On a connection this channel is the first protocol of (a site with
+        a WebSocket factory but no handshake deadline, see
+        L{GlueSite.buildProtocol}), hand an opening handshake in the common
+        form straight to the WebSocket protocol, and everything else to
+        twisted.web.
 
         Through twisted.web a handshake is parsed twice: into a
         L{twisted.web.server.Request} that is routed and rendered, then
@@ -196,27 +207,18 @@ class DeadlineChannel(HTTPChannel):
             self.resetTimeout()
             return
         self._head = None
-        if (
-            end >= 4
-            and end <= _SHORT_HANDSHAKE_MAX
-            and _SHORT_HANDSHAKE.fullmatch(head, 0, end)
-            and _UPGRADE_WEBSOCKET.search(head, 0, end)
-            and not _BODY.search(head, 0, end)
-        ):
+        if end >= 4 and isCommonHandshake(head, end):
             protocol = self.site.websocketFactory.buildProtocol(self.transport.getPeer())
             if protocol is not None:
                 self._handOver(protocol, head)
                 return
-        if not self._http:
-            self._startHTTP()
         HTTPChannel.dataReceived(self, head)
 
     def _handOver(self, protocol: Any, data: bytes) -> None:
         self._disarm()
         transport, self.transport = self.transport, None
-        if self._http:
-            self.setTimeout(None)
-            transport.unregisterProducer()
+        self.setTimeout(None)
+        transport.unregisterProducer()
         takeOver(transport, protocol)
         protocol.dataReceived(data)
 
@@ -235,8 +237,9 @@ class DeadlineChannel(HTTPChannel):
         HTTPChannel.connectionLost(self, reason)
 
     def _arm(self) -> None:
-        timeout = getattr(self.site, "handshakeTimeout", None)
-        if timeout and self._deadline is None:
+        first, self.firstDeadline = self.firstDeadline, None
+        timeout = getattr(self.site, "handshakeTimeout", None) if first is None else first
+        if (timeout or first is not None) and self._deadline is None:
             self._deadline = self.callLater(timeout, self._expired)
 
     def _disarm(self) -> None:
@@ -298,8 +301,56 @@ class GlueSite(Site):
 
     handshakeTimeout: Optional[float] = None
     limits: Any = None
-    # The WebSocket factory that handshakes go to (see DeadlineChannel).
+    # The WebSocket factory that handshakes go to (see buildProtocol).
     websocketFactory: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        The first protocol of a connection: with a WebSocket factory and a
+        handshake deadline, the factory's WebSocket protocol, which gives
+        its first request to L{firstRequest}; otherwise a
+        L{DeadlineChannel}.
+
+        Nearly every connection to a WebSocket gateway is a WebSocket, so
+        the connection starts as one: its opening-handshake timer is the
+        deadline for the first request, and no HTTP channel is built, set
+        up and handed over from for it.
+        """
+        factory = self.websocketFactory
+        if factory is not None and self.handshakeTimeout:
+            protocol = factory.buildProtocol(addr)
+            if protocol is not None:
+                protocol._front = self
+                return protocol
+        return Site.buildProtocol(self, addr)
+
+    def firstRequest(self, protocol: Any, data: bytes) -> None:
+        """
+        Take C{data}, read by C{protocol} (built by L{buildProtocol}) before
+        its first request is complete.  A handshake in the common form
+        (see L{isCommonHandshake}) goes on to the WebSocket protocol; any
+        other request, and anything that is not a request, to a
+        L{DeadlineChannel} of twisted.web, which answers it (through
+        Autobahn's L{WebSocketResource} for the other handshakes).
+        """
+        head = protocol.data + data
+        end = head.find(b"\r\n\r\n") + 4
+        if end < 4 and len(head) < _SHORT_HANDSHAKE_MAX:
+            # Not complete yet; the handshake timer still runs.
+            protocol.data = head
+            return
+        del protocol._front
+        protocol.data = b""
+        if end >= 4 and isCommonHandshake(head, end):
+            protocol._dataReceived(head)
+            return
+        transport = protocol.transport
+        left = protocol.leaveForHTTP()
+        channel = Site.buildProtocol(self, transport.getPeer())
+        # The deadline still counts from the connection's start.
+        channel.firstDeadline = left
+        takeOver(transport, channel)
+        channel.dataReceived(head)
 
 
 def makeSite(
