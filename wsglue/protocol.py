@@ -264,6 +264,24 @@ _OPTIONS = _CONFIG_ATTRS + (
     "websocket_version",
 )
 
+# What _compact does with each name of a connection's dictionary (a name
+# not listed stays): _MOVE it to the options class, _DROP it, drop it when
+# _EMPTY, or drop it when it holds the value given (its cold default).
+_MOVE = object()
+_DROP = object()
+_EMPTY = object()
+_COMPACT_RULES: Dict[str, Any] = {}
+for _name in _COLD_DEFAULTS:
+    _COMPACT_RULES[_name] = _COLD_DEFAULTS[_name]
+for _name in _SHED:
+    _COMPACT_RULES[_name] = _DROP if _name in _SHEDDABLE else _EMPTY
+for _name in _HANDSHAKE_STATE:
+    _COMPACT_RULES[_name] = _DROP
+for _name in _OPTIONS:
+    _COMPACT_RULES[_name] = _MOVE
+del _name
+_OPTION_ORDER = {name: i for i, name in enumerate(_OPTIONS)}
+
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 SEND_STATE_GROUND = WebSocketServerProtocol.SEND_STATE_GROUND
@@ -806,23 +824,31 @@ class GlueServerProtocol(WebSocketServerProtocol):
         write gives the connection its own value again.
         """
         state = self.__dict__
-        options = tuple(name for name in _OPTIONS if name in state)
-        self.__class__ = self.factory.optionsClass(
-            type(self), options, tuple(state[name] for name in options)
-        )
         if not self.send_queue:
             # An empty deque, for chopped sends that wsglue never makes.
             state["send_queue"] = ()
+        # A new dictionary, sized for what is left (see _COMPACT_RULES).
         kept = {}
+        options = []
+        rules = _COMPACT_RULES
         for name, value in state.items():
-            if name in options or name in _HANDSHAKE_NAMES:
-                continue
-            if name in _COLD_DEFAULTS and value is _COLD_DEFAULTS[name]:
-                continue
-            if name in _SHED and (name in _SHEDDABLE or not value):
-                continue
-            kept[name] = value
-        # A new dictionary, sized for what is left.
+            rule = rules.get(name, kept)
+            if rule is kept:
+                kept[name] = value
+            elif rule is _MOVE:
+                options.append(name)
+            elif rule is _DROP:
+                pass
+            elif rule is _EMPTY:
+                if value:
+                    kept[name] = value
+            elif value is not rule:
+                kept[name] = value
+        if len(options) > 1:
+            options.sort(key=_OPTION_ORDER.__getitem__)
+        self.__class__ = self.factory.optionsClass(
+            type(self), tuple(options), tuple([state[name] for name in options])
+        )
         self.__dict__ = kept
 
     # -- the hot path -------------------------------------------------------
