@@ -371,11 +371,38 @@ class TurnFileLogObserverTests(unittest.TestCase):
 
     def test_nothingToWrite(self) -> None:
         """
-        An event its formatter leaves out schedules nothing.
+        An event its formatter leaves out writes nothing, not even an
+        empty line or an empty write.
         """
         observer = TurnFileLogObserver(self.out, lambda e: None, self.clock)
         observer(event("x"))
+        self.clock.advance(0)
+        self.assertEqual(self.out.writes, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_formattedWhenWritten(self) -> None:
+        """
+        Held events are formatted when the turn's lines are written, in the
+        order they were observed; a formatter that raises gives Twisted's
+        text for the event instead of losing the line or the turn's others.
+        """
+        formatted: List[str] = []
+
+        def formatter(e: Dict[str, Any]) -> str:
+            formatted.append(e["log_format"])
+            if e["log_format"] == "bad":
+                raise ValueError("no")
+            return e["log_format"] + "\n"
+
+        observer = TurnFileLogObserver(self.out, formatter, self.clock)
+        observer(event("one"))
+        observer(event("bad"))
+        observer(event("two"))
+        self.assertEqual(formatted, [])
+        self.clock.advance(0)
+        self.assertEqual(formatted, ["one", "bad", "two"])
+        # Twisted's formatEvent gives "bad" its format's text.
+        self.assertEqual(self.out.writes, ["one\nbad\ntwo\n"])
 
     def test_binaryFile(self) -> None:
         """
