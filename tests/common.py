@@ -264,16 +264,20 @@ def spawnDaemon(
     tac: Optional[str] = None,
     cwd: Optional[str] = None,
     twistdArgs: Sequence[str] = (),
+    nodaemon: bool = True,
 ) -> Daemon:
     """
     Start C{twistd *twistdArgs -n wsglue *args} (or C{twistd -ny tac}) with
-    this Python (or C{executable}); it is stopped when the test ends.
+    this Python (or C{executable}); it is stopped when the test ends.  With
+    C{nodaemon=False}, C{-n} and C{--pidfile=} are left out: C{twistdArgs}
+    must then give a C{--pidfile} and a C{--logfile}.
     """
     python = executable or sys.executable
+    foreground = ["--pidfile=", "-n"] if nodaemon else []
     if tac is not None:
-        argv = [python, "-c", TWISTD, "--pidfile=", *twistdArgs, "-n", "-y", tac]
+        argv = [python, "-c", TWISTD, *twistdArgs, *foreground, "-y", tac]
     else:
-        argv = [python, "-c", TWISTD, "--pidfile=", *twistdArgs, "-n", "wsglue", *args]
+        argv = [python, "-c", TWISTD, *twistdArgs, *foreground, "wsglue", *args]
     environ = dict(os.environ)
     if executable is None:
         # Run this checkout, plugin included, not whatever is installed.

@@ -9,7 +9,7 @@ import os
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -622,6 +622,65 @@ class DaemonTests(TestCase):
         lines = [l for l in daemon.output.splitlines() if str(port) in l]
         self.assertEqual(len(lines), 1, daemon.output)
         self.assertIn("cannot listen", lines[0])
+
+    @inlineCallbacks
+    def test_silentClientClosedOnStop(self) -> None:
+        """
+        A client that never answers the 1001 close frame is cut off when
+        the drain time is up, and its session still closes as any other:
+        the C{session closed} line is logged before a clean exit.
+        """
+        port = freePort()
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"])
+        yield daemon.waitForOutput("started websocket server at")
+        peer = yield rawConnect(self, port)
+        peer.transport.write(handshakeRequest(port))
+        response = yield peer.waitForBytes(b"\r\n\r\n")
+        [setCookie] = [
+            line.split(b":", 1)[1].strip().decode()
+            for line in response.split(b"\r\n")
+            if line.lower().startswith(b"set-cookie:")
+        ]
+        sid = cookieValue(setCookie)
+        yield daemon.waitForOutput(f"session opened: {sid[:8]}")
+        daemon.signal("TERM")
+        # The 1001 close frame arrives; the peer never answers it.
+        yield peer.waitForBytes(b"\x88", timeout=10)
+        self.assertEqual((yield daemon.ended), 0, daemon.output)
+        self.assertIn(f"session closed: {sid[:8]}", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+
+    @inlineCallbacks
+    def test_portInUseDaemonized(self) -> None:
+        """
+        Run as a daemon (no C{-n}), C{twistd} still ends at once with a
+        non-zero status and says that it cannot listen, rather than wait
+        for ever for a daemon that has exited, and removes its pid file.
+        """
+        taken = reactor.listenTCP(0, Factory.forProtocol(_Refuser), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        folder = os.path.abspath(self.mktemp())
+        os.mkdir(folder)
+        pidfile = os.path.join(folder, "twistd.pid")
+        logfile = os.path.join(folder, "twistd.log")
+        daemon = spawnDaemon(
+            self,
+            ["--port", f"tcp:{port}:interface=127.0.0.1"],
+            twistdArgs=["--pidfile", pidfile, "--logfile", logfile],
+            nodaemon=False,
+        )
+        # (A Deferred of its own: a timeout on daemon.ended would leave
+        # the hung process running past the test.)
+        ended: Deferred = Deferred()
+        daemon.ended.addBoth(lambda status: ended.called or ended.callback(status))
+        status = yield ended.addTimeout(30, reactor)
+        self.assertNotEqual(status, 0)
+        self.assertIn("cannot listen", daemon.output)
+        self.assertIn(str(port), daemon.output)
+        self.assertFalse(os.path.exists(pidfile))
+        with open(logfile) as f:
+            self.assertIn("cannot listen", f.read())
 
     @inlineCallbacks
     def test_badOptionOneLine(self) -> None:

@@ -52,10 +52,12 @@ class CollectorTuning(Service):
         gc.set_threshold(*self.thresholds)
 
 
-class CannotListen(SystemExit):
+class CannotListen(SystemExit, Exception):
     """
     The endpoint could not be bound.  A L{SystemExit}, so that twistd exits
-    non-zero with this one line rather than a traceback.
+    non-zero with this one line rather than a traceback; and an
+    L{Exception}, so that a daemonizing twistd (no C{-n}) catches it and
+    tells the process that started it, which would otherwise wait for ever.
     """
 
 
@@ -181,4 +183,24 @@ class WebSocketService(Service):
                     "{n} connections did not close in time",
                     n=self.factory.registry.connectionCount,
                 )
+                yield self._cutOff()
+
+    @inlineCallbacks
+    def _cutOff(self) -> Any:
+        """
+        Abort the connections that did not answer the closing handshake in
+        time, and give their C{connectionLost} the reactor turn it runs in,
+        so that their sessions close as any other (the handler's C{closed},
+        the C{session closed} line) before the reactor stops.
+        """
+        for conn in list(self.factory.registry.allConnections()):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        d: Deferred = self.factory.whenEmpty()
+        d.addTimeout(1.0, self.reactor)
+        try:
+            yield d
+        except TimeoutError:
+            pass
 
