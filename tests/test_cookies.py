@@ -86,6 +86,27 @@ class SessionFromHeaderTests(SynchronousTestCase):
         """
         self.assertEqual(self.cookies.sessionFromHeader(f'CookieName="{GOOD}"'), GOOD)
 
+    def test_escapesInQuotesRefused(self) -> None:
+        """
+        A quoted value with backslash escapes is not a session id, though
+        L{SimpleCookie} would decode C{\\141} to C{a}: RFC 6265 allows no
+        backslash in a cookie value.
+        """
+        escaped = "".join(f"\\{ord(c):03o}" for c in GOOD)
+        self.assertIsNone(self.cookies.sessionFromHeader(f'CookieName="{escaped}"'))
+        self.assertIsNone(self.cookies.sessionFromHeader(f'CookieName="\\{GOOD}"'))
+        self.assertIsNone(
+            self.cookies.sessionFromHeader(f'x=1; CookieName="{escaped}"; CookieName=zz')
+        )
+
+    def test_attributeNameRefused(self) -> None:
+        """
+        The name of a cookie attribute (C{Path}, C{Domain}, ...) cannot name
+        the session cookie: a C{Cookie} header could never be read back.
+        """
+        for name in ("Path", "domain", "Expires", "Max-Age", "Secure", "HttpOnly", "SameSite", "Version", "Comment"):
+            self.assertRaises(ValueError, SessionCookies, name)
+
     def test_otherCookiesAndSpaces(self) -> None:
         """
         Other cookies before and after ours and spaces around the pairs are

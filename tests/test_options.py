@@ -272,6 +272,14 @@ class ErrorTests(SynchronousTestCase):
         for name in ("a b", "a;b", "a=b", "", "caf\xe9", 'a"b'):
             self.assertError(["--cookie-name", name], "--cookie-name", "not a valid cookie name")
 
+    def test_attributeCookieName(self) -> None:
+        """
+        A cookie attribute's name is refused as the cookie's name, in any
+        case: the session cookie could never be read back.
+        """
+        for name in ("Path", "DOMAIN", "expires", "Max-Age", "Secure", "HttpOnly", "SameSite"):
+            self.assertError(["--cookie-name", name], "--cookie-name", "name of a cookie attribute")
+
     def test_handlerWithoutColon(self) -> None:
         """
         A handler spec without C{:} is refused.

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from http.cookies import CookieError, SimpleCookie
+from http.cookies import CookieError, Morsel, SimpleCookie
 from typing import Optional, Sequence, Tuple
 
 _ID = re.compile(r"[0-9a-f]{40}\Z")
@@ -40,6 +40,26 @@ def shortId(sid: str) -> str:
     return sid[:8]
 
 
+# Names SimpleCookie reads as attributes of the cookie before them, never as
+# a cookie of their own (Morsel._reserved; compared in lower case).
+RESERVED_NAMES = frozenset(
+    ("expires", "path", "comment", "domain", "max-age", "secure", "httponly", "version", "samesite")
+)
+
+
+def _sentValue(morsel: Morsel) -> str:
+    """
+    A cookie's value as the browser sent it, without the double quotes
+    RFC 6265 allows around it.  (L{SimpleCookie}'s C{value} also decodes
+    backslash escapes inside the quotes, which RFC 6265 does not allow in
+    a cookie value: C{"\\141..."} must not name session C{a...}.)
+    """
+    sent = morsel.coded_value
+    if len(sent) >= 2 and sent[0] == sent[-1] == '"':
+        return sent[1:-1]
+    return sent
+
+
 def _cookieValues(header: str, name: str) -> list:
     """
     The values of cookie C{name} in a C{Cookie} header, parsed by
@@ -58,7 +78,7 @@ def _cookieValues(header: str, name: str) -> list:
     # be a stale or foreign one hiding our well-formed cookie: read every
     # pair then.
     if name in jar and header.count(name) == 1:
-        return [jar[name].value]
+        return [_sentValue(jar[name])]
     values = []
     for pair in header.split(";"):
         if name not in pair:
@@ -69,7 +89,7 @@ def _cookieValues(header: str, name: str) -> list:
         except CookieError:
             continue
         if name in one:
-            values.append(one[name].value)
+            values.append(_sentValue(one[name]))
     return values
 
 
@@ -81,6 +101,10 @@ class SessionCookies:
     """
 
     def __init__(self, name: str = "CookieName", keys: Sequence[bytes] = ()) -> None:
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(
+                f"{name!r} is the name of a cookie attribute and cannot name the session cookie"
+            )
         self.name = name
         self._keys = list(keys)
 

@@ -17,7 +17,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsglue.cookies import SessionCookies
+from wsglue.cookies import RESERVED_NAMES, SessionCookies
 from wsglue.handlers import PingPong, loadHandler
 from wsglue.keys import KeyFileError, readKeys
 from wsglue.limits import Limits
@@ -173,6 +173,13 @@ class Options(usage.Options):
 
         if not self["cookie-name"] or not _isToken(self["cookie-name"]):
             raise usage.UsageError(f"--cookie-name {self['cookie-name']!r} is not a valid cookie name")
+        if self["cookie-name"].lower() in RESERVED_NAMES:
+            # Browsers would store it, but a Cookie header would read as
+            # an attribute of the cookie before it, never as ours.
+            raise usage.UsageError(
+                f"--cookie-name {self['cookie-name']!r} is the name of a cookie attribute"
+                " (Path, Domain, Expires, Max-Age, Secure, HttpOnly, SameSite, Version, Comment)"
+            )
 
         if self["ping-interval"] and not self["ping-timeout"]:
             # Autobahn would send pings and never give up on a silent peer.
