@@ -258,6 +258,8 @@ class LimitsEndToEndTests(TestCase):
         self.assertIn(b" 429 ", status)
         yield self.assertPong(first)
         self.assertEqual(running.factory.limits.counters["refused_per_ip"], 1)
+        # Counted under the peer's address, as the connection sees it.
+        self.assertEqual(running.factory.limits.connectionsFrom("127.0.0.1"), 1)
 
     @inlineCallbacks
     def test_forwardedForIgnoredWithoutTrustProxy(self) -> None:

@@ -226,6 +226,18 @@ class _WhenRead:
         return value
 
 
+def _peerOf(connection: Any) -> str:
+    """
+    Autobahn's C{peer} of C{connection} (C{tcp4:127.0.0.1:52914}), as its
+    C{connectionMade} makes it.  Autobahn reads it for log lines only
+    (and its slow handshake path for the L{ConnectionRequest}); an open
+    connection that nothing logs about never needs it.
+    """
+    if connection.transport is None:
+        return WebSocketServerProtocol.peer
+    return peer2str(connection.transport)
+
+
 def _transportDetails(connection: Any) -> Optional[TransportDetails]:
     """
     Autobahn's transport details of C{connection}, as its C{connectionMade}
@@ -420,6 +432,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # Made when Autobahn's frame parser first reads it (see _WhenRead); the
     # short frame path never does.
     utf8validator = _WhenRead(lambda connection: Utf8Validator())
+    # Made when first read (see _peerOf).
+    peer = _WhenRead(_peerOf)
     # The site (L{wsglue.web.GlueSite}) that built this connection as the
     # first protocol of its port, for as long as its first request may
     # still turn out to be for twisted.web (see GlueSite.buildProtocol).
@@ -435,7 +449,6 @@ class GlueServerProtocol(WebSocketServerProtocol):
         # Autobahn's __init__ gives every connection blank details; without
         # them the class attribute makes the real ones when first read.
         self.__dict__.pop("_transport_details", None)
-        self.peer = peer2str(self.transport)
         try:
             self.transport.setTcpNoDelay(self.tcpNoDelay)
         except Exception:
@@ -724,7 +737,11 @@ class GlueServerProtocol(WebSocketServerProtocol):
                     response += f"{name}: {value}\r\n"
         accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_MAGIC).digest()).decode()
         response += f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        self.sendData(response.encode("utf8"))
+        if self.logOctets or self.send_queue:
+            self.sendData(response.encode("utf8"))
+        else:
+            # What Autobahn's sendData does here, but for its debug line.
+            self.transport.write(response.encode("utf8"))
         self.http_response_data = response
         self.state = STATE_OPEN
         if self.openHandshakeTimeoutCall is not None:
@@ -1179,7 +1196,14 @@ class GlueServerFactory(WebSocketServerFactory):
             forwarded = headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
             if forwarded:
                 return forwarded
-        peer = transport.getPeer() if transport is not None else None
+        if transport is None:
+            return "local"
+        client = getattr(transport, "client", None)
+        if type(client) is tuple and client and type(client[0]) is str and client[0]:
+            # A TCP server transport's (host, port, ...): what getPeer()
+            # would build an address object around.
+            return client[0]
+        peer = transport.getPeer()
         return str(getattr(peer, "host", None) or "local")
 
     def connectionGone(self) -> None:
