@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 from autobahn.twisted.websocket import WebSocketServerProtocol as AutobahnTwisted
 from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from autobahn.websocket.protocol import WebSocketServerProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,6 +50,7 @@ class AutobahnHandshake(GlueServerProtocol):
     handshake.
     """
 
+    __init__ = AutobahnProtocol.__init__
     connectionMade = AutobahnTwisted.connectionMade
     _connectionMade = AutobahnTwisted._connectionMade
     processHandshake = AutobahnTwisted.processHandshake
@@ -226,10 +228,18 @@ class HandshakeDifferentialTests(ProtocolTestCase):
             names = set(vars(mine)) | set(vars(theirs)) | set(_OPTIONS)
             names |= set(_COLD_DEFAULTS) | set(_SHED) | {"utf8validator"}
             names.discard("trafficStats")
+            # The short path's own mark; what it stands for is whether
+            # is_open has fired, compared below.
+            names.discard("_opened")
             missing = object()
             self.assertEqual(
                 {name: plain(getattr(mine, name, missing)) for name in names},
                 {name: plain(getattr(theirs, name, missing)) for name in names},
+                data,
+            )
+            self.assertEqual(
+                (mine.is_open.called, mine.is_closed.called),
+                (theirs.is_open.called, theirs.is_closed.called),
                 data,
             )
         finally:

@@ -574,6 +574,96 @@ class LifecycleTests(ProtocolTestCase):
         self.assertFalse(transport.disconnecting or transport.disconnected)
 
 
+class LazyAutobahnStateTests(ProtocolTestCase):
+    """
+    What Autobahn's C{__init__} gives every connection is made when first
+    read, and reads as Autobahn's would.
+    """
+
+    def test_autobahnInitCovered(self) -> None:
+        """
+        Autobahn's C{__init__} sets exactly what L{GlueServerProtocol}
+        makes when first read: anything it starts to set must be looked at.
+        """
+        from autobahn.websocket.protocol import WebSocketProtocol
+
+        bare = GlueServerProtocol.__new__(GlueServerProtocol)
+        WebSocketProtocol.__init__(bare)
+        self.assertEqual(
+            set(vars(bare)),
+            {"is_open", "is_closed", "_valid_events", "_results", "_transport_details"},
+        )
+        fresh = self.factory.buildProtocol(None)
+        self.assertEqual(set(vars(fresh)), {"factory"})
+
+    def test_isOpenReadAfterOpen(self) -> None:
+        """
+        C{is_open} first read after the handshake has fired, with C{None}.
+        """
+        proto, transport, response = self.connect()
+        self.assertNotIn("is_open", vars(proto))
+        fired: List[Any] = []
+        proto.is_open.addCallback(fired.append)
+        self.assertEqual(fired, [None])
+
+    def test_isOpenReadBeforeOpen(self) -> None:
+        """
+        C{is_open} read while the handshake is on fires when it completes,
+        once.
+        """
+        peer = IPv4Address("TCP", "127.0.0.1", 50000)
+        proto = self.factory.buildProtocol(peer)
+        proto.makeConnection(Transport(peerAddress=peer))
+        self.addCleanup(self.disconnect, proto)
+        fired: List[Any] = []
+        proto.is_open.addCallback(fired.append)
+        proto.dataReceived(handshakeBytes({}))
+        self.assertEqual(fired, [None])
+        self.assertTrue(proto.is_open.called)
+
+    def test_isOpenNotFiredWhenRefused(self) -> None:
+        """
+        A refused handshake never fires C{is_open}.
+        """
+        proto, transport, response = self.connect({"Origin": "http://evil.example"})
+        self.assertTrue(response.startswith("HTTP/1.1 403"), response)
+        self.assertFalse(proto.is_open.called)
+
+    def test_isClosedFires(self) -> None:
+        """
+        C{is_closed} fires with the connection when it closes, whether it
+        was read before or only after.
+        """
+        before, _, _ = self.connect()
+        waiting: List[Any] = []
+        before.is_closed.addCallback(waiting.append)
+        after, _, _ = self.connect()
+        self.assertEqual(waiting, [])
+        for proto in (before, after):
+            self.disconnect(proto)
+        self.assertEqual(waiting, [before])
+        self.assertTrue(after.is_closed.called)
+        fired: List[Any] = []
+        after.is_closed.addCallback(fired.append)
+        self.assertEqual(fired, [after])
+
+    def test_observableEvents(self) -> None:
+        """
+        Autobahn's observable API still works on a connection: a listener
+        for C{message} is called when it fires, each connection keeps its
+        own results, and other events are refused.
+        """
+        one, _, _ = self.connect()
+        two, _, _ = self.connect()
+        got: List[Any] = []
+        one.on("message", lambda payload, is_binary: got.append(payload) or "seen")
+        one.fire("message", b"hello", False)
+        self.assertEqual(got, [b"hello"])
+        self.assertIsNotNone(one._results["message"])
+        self.assertIsNone(two._results["message"])
+        self.assertRaises(Exception, one.on, "nonsense", lambda: None)
+
+
 class BroadcastTimerTests(SynchronousTestCase):
     """
     The demo broadcast of L{makeService}, on a clock.

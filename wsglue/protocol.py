@@ -238,6 +238,18 @@ def _peerOf(connection: Any) -> str:
     return peer2str(connection.transport)
 
 
+def _openFuture(connection: Any) -> Any:
+    """
+    Autobahn's C{is_open}: a Deferred that fires when the connection
+    opens; already fired if the short handshake path opened it before
+    anything read it (Autobahn's own path reads it to fire it).
+    """
+    future = txaio.create_future()
+    if connection._opened:
+        txaio.resolve(future, None)
+    return future
+
+
 def _transportDetails(connection: Any) -> Optional[TransportDetails]:
     """
     Autobahn's transport details of C{connection}, as its C{connectionMade}
@@ -434,6 +446,28 @@ class GlueServerProtocol(WebSocketServerProtocol):
     utf8validator = _WhenRead(lambda connection: Utf8Validator())
     # Made when first read (see _peerOf).
     peer = _WhenRead(_peerOf)
+    # What Autobahn's __init__ makes for every connection, made when first
+    # read instead (see __init__).
+    is_open = _WhenRead(_openFuture)
+    is_closed = _WhenRead(lambda connection: txaio.create_future())
+    _valid_events = ("message",)
+    _results = _WhenRead(lambda connection: {"message": None})
+    # Whether the short handshake path opened the connection before
+    # anything read is_open (see _openFuture).
+    _opened = False
+
+    def __init__(self) -> None:
+        """
+        Nothing to do here.
+
+        Autobahn's C{__init__} gives every connection two Deferreds
+        (C{is_open}, C{is_closed}), the event list and results of its
+        observable, and blank transport details: about a sixth of the CPU
+        time of a handshake in process, for things a gateway's connections
+        rarely read.  Each is made when first read (see L{_WhenRead} and
+        the class attributes above); Autobahn reads C{is_closed} to fire
+        it when the connection closes.
+        """
     # The site (L{wsglue.web.GlueSite}) that built this connection as the
     # first protocol of its port, for as long as its first request may
     # still turn out to be for twisted.web (see GlueSite.buildProtocol).
@@ -754,7 +788,12 @@ class GlueServerProtocol(WebSocketServerProtocol):
                 self.autoPingInterval, self._sendAutoPing
             )
         self._onOpen()
-        txaio.resolve(self.is_open, None)
+        waiting = self.__dict__.get("is_open")
+        if waiting is not None:
+            txaio.resolve(waiting, None)
+        else:
+            # is_open, when first read, is made fired (see _openFuture).
+            self._opened = True
 
     def onOpen(self) -> None:
         self._frameLimit = self._shortFrameLimit()
@@ -832,7 +871,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         options as class attributes (one subclass for all the connections
         that got the same options from the factory; a connection the
         factory built starts in one, see L{GlueServerFactory.buildProtocol},
-        and moves on with the three values every open connection shares),
+        and moves on with the values every open connection shares),
         and keeps in its own dictionary only what differs from those and
         from L{_COLD_DEFAULTS}.  It also lets go of what L{_SHED} names: the
         traffic counters, the transport details, and empty lists of
