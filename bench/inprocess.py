@@ -8,10 +8,10 @@ system calls left out::
 It opens connections of a L{GlueServerFactory} on TCP transports whose
 socket takes every write without a system call, then prints:
 
-  - microseconds per opening handshake, from the site's channel getting
-    the request to the open, registered session (the HTTP channel, the
-    handover, Autobahn's handshake, the cookie, the C{session opened} log
-    event);
+  - microseconds per opening handshake, from the site building the
+    connection's first protocol to the open, registered session (the
+    check of the first request, Autobahn's handshake, the cookie, the
+    C{session opened} log event);
   - microseconds per C{ping} frame, from C{dataReceived} to the C{pong}
     handed to the socket (frame parsing, the handler, framing the reply);
   - microseconds per connection reached by C{registry.broadcast}.
@@ -73,14 +73,14 @@ class _Socket:
 
 def openConnection(site: Any, clock: Any, request: bytes) -> GlueServerProtocol:
     """
-    Connect a channel of C{site} and hand it C{request}, as a TCP port
+    Connect the first protocol of C{site} and hand it C{request}, as a TCP port
     would; return the WebSocket protocol it became.
     """
     peer = IPv4Address("TCP", "127.0.0.1", 50000)
     transport = ImmediateWriteServer(_Socket(), None, ("127.0.0.1", 50000), _Port(), 0, clock)
-    channel = site.buildProtocol(peer)
-    transport.protocol = channel
-    channel.makeConnection(transport)
+    first = site.buildProtocol(peer)
+    transport.protocol = first
+    first.makeConnection(transport)
     transport.protocol.dataReceived(request)
     proto = transport.protocol
     assert isinstance(proto, GlueServerProtocol), proto
