@@ -139,7 +139,6 @@ _HANDSHAKE_STATE = (
     "_wskey",
 )
 
-_HANDSHAKE_NAMES = frozenset(_HANDSHAKE_STATE)
 
 # State Autobahn sets on every connection that, on an open connection, nearly
 # always holds its initial value: a flag not raised, a code or timer not
@@ -455,6 +454,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # Whether the short handshake path opened the connection before
     # anything read is_open (see _openFuture).
     _opened = False
+    # The site (L{wsglue.web.GlueSite}) that built this connection as the
+    # first protocol of its port, for as long as its first request may
+    # still turn out to be for twisted.web (see GlueSite.buildProtocol).
+    _front: Any = None
 
     def __init__(self) -> None:
         """
@@ -462,27 +465,21 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
         Autobahn's C{__init__} gives every connection two Deferreds
         (C{is_open}, C{is_closed}), the event list and results of its
-        observable, and blank transport details: about a sixth of the CPU
+        observable, and blank transport details: about an eighth of the CPU
         time of a handshake in process, for things a gateway's connections
         rarely read.  Each is made when first read (see L{_WhenRead} and
         the class attributes above); Autobahn reads C{is_closed} to fire
         it when the connection closes.
         """
-    # The site (L{wsglue.web.GlueSite}) that built this connection as the
-    # first protocol of its port, for as long as its first request may
-    # still turn out to be for twisted.web (see GlueSite.buildProtocol).
-    _front: Any = None
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         """
-        Autobahn's C{connectionMade}, but for the transport details, made
-        when first read (see L{_transportDetails}).
+        Autobahn's C{connectionMade}, but for the peer and the transport
+        details, made when first read (see L{_peerOf} and
+        L{_transportDetails}).
         """
-        # Autobahn's __init__ gives every connection blank details; without
-        # them the class attribute makes the real ones when first read.
-        self.__dict__.pop("_transport_details", None)
         try:
             self.transport.setTcpNoDelay(self.tcpNoDelay)
         except Exception:
