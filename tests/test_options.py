@@ -339,6 +339,23 @@ class EnvironmentTests(SynchronousTestCase):
         """
         self.assertEqual(optionsFromEnvironment(Options, {"PORT": "1", "HOME": "/"}), [])
 
+    def test_unknownVariableRefused(self) -> None:
+        """
+        A C{WSGLUE_*} variable that names no option (a typo) is refused,
+        naming it, rather than silently ignored; every option's own
+        variable is known.
+        """
+        error = self.assertRaises(
+            UsageError, optionsFromEnvironment, Options, {"WSGLUE_PROT": "tcp:8080"}
+        )
+        self.assertIn("WSGLUE_PROT", str(error))
+        every = {
+            "WSGLUE_" + row[0].upper().replace("-", "_"): "1"
+            for row in Options.optParameters + Options.optFlags
+        }
+        every["WSGLUE_ALLOWED_ORIGIN"] = "http://a.example"
+        optionsFromEnvironment(Options, every)
+
     def test_port(self) -> None:
         """
         C{WSGLUE_PORT} is C{--port}.

@@ -372,12 +372,24 @@ def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[
     C{1/true/yes/on} or C{0/false/no/off}; repeatable options take a
     comma-separated list.
 
-    @raise usage.UsageError: for a flag whose value is neither.
+    @raise usage.UsageError: for a flag whose value is neither, and for a
+        C{WSGLUE_*} variable that names no option (a typo would otherwise
+        go unnoticed).
     """
     argv: List[str] = []
 
     def variable(name: str) -> str:
         return "WSGLUE_" + name.upper().replace("-", "_")
+
+    repeatable = ("allowed-origin",)
+    known = {variable(row[0]) for row in optionsClass.optParameters + optionsClass.optFlags}
+    known.update(variable(name) for name in repeatable)
+    unknown = sorted(name for name in environ if name.startswith("WSGLUE_") and name not in known)
+    if unknown:
+        raise usage.UsageError(
+            f"{unknown[0]} names no option (the variables are WSGLUE_ + a long option"
+            " in upper case with - as _, such as WSGLUE_PORT)"
+        )
 
     for row in optionsClass.optParameters:
         value = environ.get(variable(row[0]))
@@ -391,7 +403,7 @@ def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[
             argv.append(f"--{row[0]}")
         elif value.strip().lower() not in _FALSE:
             raise usage.UsageError(f"{variable(row[0])}={value!r}: use 1 or 0")
-    for name in ("allowed-origin",):
+    for name in repeatable:
         value = environ.get(variable(name))
         if value:
             argv.extend(f"--{name}={v.strip()}" for v in value.split(",") if v.strip())
