@@ -86,6 +86,16 @@ class SessionFromHeaderTests(SynchronousTestCase):
         """
         self.assertEqual(self.cookies.sessionFromHeader(f'CookieName="{GOOD}"'), GOOD)
 
+    def test_severalCookieHeaders(self) -> None:
+        """
+        Several C{Cookie} headers, which reach the handshake joined with
+        C{", "}, are read pair by pair: ours is found whichever header
+        holds it.
+        """
+        self.assertEqual(self.cookies.sessionFromHeader(f"CookieName={GOOD}, x=1"), GOOD)
+        self.assertEqual(self.cookies.sessionFromHeader(f"x=1; y=2, CookieName={GOOD}"), GOOD)
+        self.assertEqual(self.cookies.sessionFromHeader(f'a=1, CookieName="{GOOD}"; b=2'), GOOD)
+
     def test_escapesInQuotesRefused(self) -> None:
         """
         A quoted value with backslash escapes is not a session id, though

@@ -212,6 +212,24 @@ class HandshakeTests(ProtocolTestCase):
         self.assertEqual(proto.sid, GOOD)
         self.assertEqual(self.factory.registry.sessions(), [GOOD])
 
+    def test_cookieInFirstOfTwoHeaders(self) -> None:
+        """
+        With two C{Cookie} header lines, a well-formed session cookie in
+        either names the session.
+        """
+        for first, second in ((f"CookieName={GOOD}", "other=1"), ("other=1", f"CookieName={GOOD}")):
+            peer = IPv4Address("TCP", "127.0.0.1", 50000)
+            proto = self.factory.buildProtocol(peer)
+            transport = Transport(peerAddress=peer)
+            proto.makeConnection(transport)
+            self.addCleanup(self.disconnect, proto)
+            request = handshakeBytes({"Cookie": first})[:-2] + f"Cookie: {second}\r\n\r\n".encode()
+            proto.dataReceived(request)
+            response = transport.value().decode("latin-1")
+            self.assertTrue(response.startswith("HTTP/1.1 101 "), response)
+            self.assertNotIn("Set-Cookie", response)
+            self.assertEqual(proto.sid, GOOD)
+
     def test_quotedCookieKept(self) -> None:
         """
         A quoted well-formed cookie names the session: no C{Set-Cookie}.

@@ -19,6 +19,7 @@ from http.cookies import CookieError, Morsel, SimpleCookie
 from typing import Optional, Sequence, Tuple
 
 _ID = re.compile(r"[0-9a-f]{40}\Z")
+_PAIRS = re.compile(r"[;,]")
 _SIGNATURE_HEX = 64
 
 # A real cookie value is at most 40 + 1 + 64 characters; anything much larger
@@ -67,7 +68,9 @@ def _cookieValues(header: str, name: str) -> list:
 
     L{SimpleCookie} stops at the first pair it cannot parse, so a header it
     does not take whole is read again pair by pair: one broken cookie of
-    another application must not hide ours.
+    another application must not hide ours.  A request with several
+    C{Cookie} headers reaches us as one, joined with C{", "}; since RFC 6265
+    allows no comma in a cookie value, pairs are split at commas too.
     """
     jar = SimpleCookie()
     try:
@@ -77,10 +80,10 @@ def _cookieValues(header: str, name: str) -> list:
     # With repeated names SimpleCookie keeps only the last value, which may
     # be a stale or foreign one hiding our well-formed cookie: read every
     # pair then.
-    if name in jar and header.count(name) == 1:
+    if name in jar and header.count(name) == 1 and "," not in header:
         return [_sentValue(jar[name])]
     values = []
-    for pair in header.split(";"):
+    for pair in _PAIRS.split(header):
         if name not in pair:
             continue
         one = SimpleCookie()
