@@ -119,12 +119,17 @@ _BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
 _SHORT_HANDSHAKE_MAX = 8192
 
 
-def isCommonHandshake(head: bytes, end: int) -> bool:
+def firstRequestKind(head: bytes) -> Optional[bool]:
     """
-    Whether C{head[:end]}, a complete first request, is an opening
-    handshake in the common form (see L{_SHORT_HANDSHAKE}), which the
-    WebSocket protocol takes without twisted.web.
+    What the first bytes C{head} of a connection are: C{None} while the
+    request may still be incomplete (no blank line yet, under 8 KiB);
+    C{True} for a complete opening handshake in the common form (see
+    L{_SHORT_HANDSHAKE}), which the WebSocket protocol takes without
+    twisted.web; C{False} for anything else, which goes to twisted.web.
     """
+    end = head.find(b"\r\n\r\n") + 4
+    if end < 4:
+        return None if len(head) < _SHORT_HANDSHAKE_MAX else False
     return bool(
         end <= _SHORT_HANDSHAKE_MAX
         and _SHORT_HANDSHAKE.fullmatch(head, 0, end)
@@ -199,15 +204,14 @@ class DeadlineChannel(HTTPChannel):
             HTTPChannel.dataReceived(self, data)
             return
         head += data
-        end = head.find(b"\r\n\r\n") + 4
-        if end < 4 and len(head) < _SHORT_HANDSHAKE_MAX:
-            # Not complete yet; the deadline (or, without one, the idle
-            # timeout) still runs.
+        kind = firstRequestKind(head)
+        if kind is None:
+            # Not complete yet; the idle timeout still runs.
             self._head = head
             self.resetTimeout()
             return
         self._head = None
-        if end >= 4 and isCommonHandshake(head, end):
+        if kind:
             protocol = self.site.websocketFactory.buildProtocol(self.transport.getPeer())
             if protocol is not None:
                 self._handOver(protocol, head)
@@ -328,20 +332,20 @@ class GlueSite(Site):
         """
         Take C{data}, read by C{protocol} (built by L{buildProtocol}) before
         its first request is complete.  A handshake in the common form
-        (see L{isCommonHandshake}) goes on to the WebSocket protocol; any
+        (see L{firstRequestKind}) goes on to the WebSocket protocol; any
         other request, and anything that is not a request, to a
         L{DeadlineChannel} of twisted.web, which answers it (through
         Autobahn's L{WebSocketResource} for the other handshakes).
         """
         head = protocol.data + data
-        end = head.find(b"\r\n\r\n") + 4
-        if end < 4 and len(head) < _SHORT_HANDSHAKE_MAX:
+        kind = firstRequestKind(head)
+        if kind is None:
             # Not complete yet; the handshake timer still runs.
             protocol.data = head
             return
         del protocol._front
-        protocol.data = b""
-        if end >= 4 and isCommonHandshake(head, end):
+        if kind:
+            protocol.data = b""
             protocol._dataReceived(head)
             return
         transport = protocol.transport
