@@ -38,9 +38,9 @@ from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 
 from bench.handler import Bench  # noqa: E402
 from tests.test_protocol import clientFrame, handshakeBytes  # noqa: E402
-from wsglue.fastwrite import ImmediateWriteServer  # noqa: E402
+from wsglue.levers.fastwrite import ImmediateWriteServer  # noqa: E402
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol  # noqa: E402
-from wsglue.web import makeSite  # noqa: E402
+from wsglue.web.front import makeSite  # noqa: E402
 
 
 class _Port:

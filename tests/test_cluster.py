@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
-from wsglue.cluster import (
+from wsglue.cluster.registry import (
     NODE_ID_LENGTH,
     OP_BROADCAST,
     OP_CLOSE,
@@ -37,7 +37,7 @@ from wsglue.cluster import (
     encode,
     newNodeId,
 )
-from wsglue.redisurl import BadRedisURL, RedisURL, parseRedisURL
+from wsglue.cluster.redisurl import BadRedisURL, RedisURL, parseRedisURL
 from wsglue.tap import Options
 
 URL = RedisURL("127.0.0.1", 6379, 0)
@@ -96,7 +96,7 @@ class FakeBroker:
 
 class FakeLink:
     """
-    L{wsglue.cluster.IRedisLink} on a L{FakeBroker}.
+    L{wsglue.cluster.registry.IRedisLink} on a L{FakeBroker}.
     """
 
     def __init__(self, broker: FakeBroker) -> None:

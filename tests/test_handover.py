@@ -1,5 +1,5 @@
 """
-Tests for the short way of an opening handshake (L{wsglue.web.DeadlineChannel}
+Tests for the short way of an opening handshake (L{wsglue.web.front.DeadlineChannel}
 hands it straight to the WebSocket protocol) and for everything that must
 still go through twisted.web, in memory: a channel of the real site on a
 L{StringTransport}, fed raw bytes.
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.common import TCPLikeTransport, handshakeRequest
 from tests.test_protocol import clientFrame, serverFrames
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol
-from wsglue.web import DeadlineChannel, GlueRoot, makeSite
+from wsglue.web.front import DeadlineChannel, GlueRoot, makeSite
 
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
 

@@ -365,7 +365,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
 
         from tests.common import TCPLikeTransport, options
         from wsglue.protocol import GlueServerFactory
-        from wsglue.web import makeSite
+        from wsglue.web.front import makeSite
 
         factory = GlueServerFactory(reactor=clock)
         site = makeSite(options()["static"], factory, timeout=60, handshakeTimeout=3, reactor=clock)

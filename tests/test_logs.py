@@ -1,5 +1,5 @@
 """
-wsglue's log observers (wsglue.logs): the same text as Twisted's
+wsglue's log observers (wsglue.levers.logs): the same text as Twisted's
 textFileLogObserver, the same destinations as twistd's, written once per
 reactor turn.
 """
@@ -26,15 +26,15 @@ from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
-from wsglue import logs
-from wsglue.logs import (
+from wsglue.levers import logs
+from wsglue.levers.logs import (
     CachedTimeFormat,
     TurnFileLogObserver,
     chooseTwistdLogger,
     classicFormat,
     twistdLogObserver,
 )
-from wsglue.workers import workerLines, workerLogObserver
+from wsglue.process.workers import workerLines, workerLogObserver
 
 # Central European time as a POSIX rule (no tz database needed): summer
 # time starts 2026-03-29 01:00:00 UTC and ends 2026-10-25 01:00:00 UTC.
@@ -482,7 +482,7 @@ class TwistdLoggerTests(unittest.TestCase):
         """
         C{--logger} and C{--syslog} are the user's choice: left to twistd.
         """
-        config = self.parse("-n", "--logger", "wsglue.workers.workerLogObserver")
+        config = self.parse("-n", "--logger", "wsglue.process.workers.workerLogObserver")
         self.assertIs(config["logger"], workerLogObserver)
         config = self.parse("--syslog")
         self.assertIsNone(config["logger"])
@@ -601,10 +601,10 @@ class RelayTests(unittest.TestCase):
         from twisted.internet.task import Clock
         from twisted.logger import Logger
 
-        from wsglue import workers
+        from wsglue.process import workers
 
         self.events: List[Dict[str, Any]] = []
-        self.patch(workers, "_log", Logger(namespace="wsglue.workers", observer=self.events.append))
+        self.patch(workers, "_log", Logger(namespace="wsglue.process.workers", observer=self.events.append))
         pool = type("Pool", (), {"reactor": Clock()})()
         self.worker = workers._WorkerProtocol(pool, 1)
         self.worker.pid = 4321

@@ -1,5 +1,5 @@
 """
-Tests for L{wsglue.masking}: the small-frame masker gives exactly what
+Tests for L{wsglue.levers.masking}: the small-frame masker gives exactly what
 RFC 6455 masking gives, in one piece or many.
 """
 
@@ -11,7 +11,7 @@ import autobahn.websocket.protocol as autobahnProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 import wsglue.protocol  # noqa: F401  (importing it installs the masker)
-from wsglue.masking import SMALL, SmallMasker, createXorMasker
+from wsglue.levers.masking import SMALL, SmallMasker, createXorMasker
 
 
 def reference(mask: bytes, data: bytes, start: int = 0) -> bytes:

@@ -1,6 +1,6 @@
 """
 The performance measures keep behaviour intact: writes that go to the kernel
-at once (L{wsglue.fastwrite}) and what the protocol drops or skips once a
+at once (L{wsglue.levers.fastwrite}) and what the protocol drops or skips once a
 WebSocket is open.  How fast they are is measured by the bench
 (C{python -m bench}), never here.
 """
@@ -25,8 +25,8 @@ from tests.common import connect, serve, waitFor
 from tests.handlers_for_tests import Recorder
 from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
 from wsglue.protocol import GlueServerProtocol, _drained
-from wsglue.web import WebSocketUpgrade
-from wsglue.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
+from wsglue.web.front import WebSocketUpgrade
+from wsglue.levers.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
 from wsglue.protocol import _LazyPformat
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{wsglue.reactor}: the epoll reactor without a log context per
+Tests for L{wsglue.levers.reactor}: the epoll reactor without a log context per
 I/O event.
 
 Its own tests poll a real epoll on socket pairs, one iteration at a time.
@@ -19,7 +19,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsglue.reactor import GlueEPollReactor, installIfUnchosen
+from wsglue.levers.reactor import GlueEPollReactor, installIfUnchosen
 
 
 class Reader(FileDescriptor):
@@ -170,7 +170,7 @@ _SKIPPED = {
     # The one thing GlueEPollReactor does differently, on purpose.
     "test_logPrefix": _skipped(
         "legacy log lines written inside an I/O handler carry no system "
-        "label on GlueEPollReactor (see wsglue.reactor)"
+        "label on GlueEPollReactor (see wsglue.levers.reactor)"
     ),
     # Twisted skips it for its EPollReactor by class name.
     "test_lostFileDescriptor": _skipped("epoll cannot detect lost file descriptors"),
@@ -195,7 +195,7 @@ _SUITES = (
 )
 for _suite in _SUITES:
     _attributes = {name: test for name, test in _SKIPPED.items() if hasattr(_suite, name)}
-    _attributes.update(_reactors=["wsglue.reactor.GlueEPollReactor"], __module__=__name__)
+    _attributes.update(_reactors=["wsglue.levers.reactor.GlueEPollReactor"], __module__=__name__)
     _builder = type("Glue" + _suite.__name__, (_suite,), _attributes)
     globals().update(_builder.makeTestCaseClasses())
 del _suite, _attributes, _builder

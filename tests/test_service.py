@@ -1,5 +1,5 @@
 """
-Tests for L{wsglue.service}: L{describeAddress}, the URL of the start-up line
+Tests for L{wsglue.process.service}: L{describeAddress}, the URL of the start-up line
 (SPEC section 9), and L{CollectorTuning}.
 """
 
@@ -16,8 +16,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import connect, freePort, options, spawnDaemon
-from wsglue import service
-from wsglue.service import CollectorTuning, describeAddress
+from wsglue.process import service
+from wsglue.process.service import CollectorTuning, describeAddress
 from wsglue.tap import makeService
 
 

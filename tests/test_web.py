@@ -1,5 +1,5 @@
 """
-Tests for L{wsglue.web}: the page and its files over HTTP on the WebSocket's
+Tests for L{wsglue.web.front}: the page and its files over HTTP on the WebSocket's
 port (SPEC section 4), with raw requests over real loopback sockets so that
 the path is sent exactly as written (no client normalises C{..} away).
 """

@@ -20,7 +20,7 @@ from tests.common import ROOT, connect, cookieValue, freePort, spawnDaemon, wait
 from tests.redis_server import startRedis
 from tests.test_cluster import HANDLER, ask, askUntil
 from wsglue.tap import Options
-from wsglue.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
+from wsglue.process.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
 
 STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
 

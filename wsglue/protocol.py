@@ -40,10 +40,10 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from wsglue.cookies import SessionCookies, shortId
-from wsglue.fastwrite import ImmediateWriteServer
+from wsglue.levers.fastwrite import ImmediateWriteServer
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
-from wsglue.masking import createXorMasker
+from wsglue.levers.masking import createXorMasker
 from wsglue.origin import OriginPolicy
 from wsglue.registry import Message, SessionRegistry, forLog
 
@@ -122,7 +122,7 @@ for _module in (_autobahnProtocol, _autobahnTwisted):
 del _module
 
 # Autobahn unmasks every client frame with a masker built for it; for small
-# frames wsglue's is three times cheaper (see wsglue.masking).
+# frames wsglue's is three times cheaper (see wsglue.levers.masking).
 _autobahnProtocol.create_xor_masker = createXorMasker
 
 # What Autobahn keeps of the opening handshake; see _compact.
@@ -454,7 +454,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # Whether the short handshake path opened the connection before
     # anything read is_open (see _openFuture).
     _opened = False
-    # The site (L{wsglue.web.GlueSite}) that built this connection as the
+    # The site (L{wsglue.web.front.GlueSite}) that built this connection as the
     # first protocol of its port, for as long as its first request may
     # still turn out to be for twisted.web (see GlueSite.buildProtocol).
     _front: Any = None
@@ -522,7 +522,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
     def leaveForHTTP(self) -> Optional[float]:
         """
         Let go of a connection whose first request is for twisted.web (see
-        L{wsglue.web.GlueSite.firstRequest}), before it is handed over:
+        L{wsglue.web.front.GlueSite.firstRequest}), before it is handed over:
         undo what C{connectionMade} set up.  Return the seconds left of its
         handshake deadline, or C{None} if it had none.
         """

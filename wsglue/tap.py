@@ -21,13 +21,13 @@ from wsglue.cookies import RESERVED_NAMES, SessionCookies
 from wsglue.handlers import PingPong, loadHandler
 from wsglue.keys import KeyFileError, readKeys
 from wsglue.limits import Limits
-from wsglue.logs import chooseTwistdLogger
+from wsglue.levers.logs import chooseTwistdLogger
 from wsglue.origin import OriginPolicy
-from wsglue.reactor import installIfUnchosen
+from wsglue.levers.reactor import installIfUnchosen
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
-from wsglue.service import CollectorTuning, WebSocketService
-from wsglue.web import makeSite
+from wsglue.process.service import CollectorTuning, WebSocketService
+from wsglue.web.front import makeSite
 
 
 _log = Logger()
@@ -147,12 +147,12 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         # The first to import the reactor below installs it: under twistd
-        # with no -r, wsglue's own (see wsglue.reactor).
+        # with no -r, wsglue's own (see wsglue.levers.reactor).
         installIfUnchosen()
         from twisted.internet import reactor
 
         # And, unless --logger or --syslog says otherwise, wsglue's log
-        # observer (see wsglue.logs): same destination and lines as
+        # observer (see wsglue.levers.logs): same destination and lines as
         # twistd's own, at a fraction of the cost per line.
         chooseTwistdLogger(getattr(self, "parent", None))
 
@@ -197,14 +197,14 @@ class Options(usage.Options):
 
         self["redis-url"] = None
         if self["redis"] is not None:
-            from wsglue.redisurl import BadRedisURL, parseRedisURL
+            from wsglue.cluster.redisurl import BadRedisURL, parseRedisURL
 
             try:
                 self["redis-url"] = parseRedisURL(self["redis"])
             except BadRedisURL as e:
                 raise usage.UsageError(f"--redis {self['redis']!r} is not a valid Redis URL: {e}")
         if self["workers"] > 1:
-            from wsglue.workers import adoptable
+            from wsglue.process.workers import adoptable
 
             if self["redis"] is None:
                 raise usage.UsageError(f"--workers {self['workers']} > 1 requires --redis")
@@ -266,7 +266,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     if workers > 1:
         # The parent of --workers N only binds the port and runs the
         # workers, each a whole wsglue on the adopted socket.
-        from wsglue.workers import WorkerPool
+        from wsglue.process.workers import WorkerPool
 
         pool = WorkerPool(
             endpoints.serverFromString(reactor, options["port"]),
@@ -283,11 +283,11 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         pool.setServiceParent(top)
         return top
 
-    from wsglue.workers import watchParent, workerEndpoint
+    from wsglue.process.workers import watchParent, workerEndpoint
 
     adopted = workerEndpoint(reactor) if handleSignals else None
     if options.get("redis-url") is not None:
-        from wsglue.cluster import ClusterRegistry
+        from wsglue.cluster.registry import ClusterRegistry
 
         registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor)
         # Each process sends the demo broadcast to its own connections only,
@@ -334,7 +334,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         # A process of its own (twistd): see CollectorTuning.
         CollectorTuning().setServiceParent(top)
     if options.get("redis-url") is not None:
-        from wsglue.cluster import RedisService
+        from wsglue.cluster.registry import RedisService
 
         # Before the listener: services stop in reverse order, so Redis is
         # left only after every connection has closed.

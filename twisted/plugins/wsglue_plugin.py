@@ -16,9 +16,9 @@ wsglue = ServiceMaker(
 )
 
 # twistd -r wsglue, trial --reactor=wsglue: the reactor twistd wsglue runs on
-# when none is chosen (see wsglue.reactor).
+# when none is chosen (see wsglue.levers.reactor).
 wsglueReactor = Reactor(
     "wsglue",
-    "wsglue.reactor",
+    "wsglue.levers.reactor",
     "epoll(4) based reactor, without a log context per I/O event.",
 )

@@ -240,7 +240,7 @@ class TurnFileLogObserver:
 # for twistdLogObserver (twistd calls a --logger factory with no arguments).
 _twistdOptions: Dict[str, Any] = {}
 
-LOGGER = "wsglue.logs.twistdLogObserver"
+LOGGER = "wsglue.levers.logs.twistdLogObserver"
 
 
 def chooseTwistdLogger(serverOptions: Any) -> bool:

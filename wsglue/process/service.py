@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.fastwrite import useImmediateWrites
+from wsglue.levers.fastwrite import useImmediateWrites
 from wsglue.protocol import GlueServerFactory
 
 _log = Logger()
@@ -146,7 +146,7 @@ class WebSocketService(Service):
             )
         self.port = result
         # Writes go to the kernel at once instead of on the next reactor
-        # turn (see wsglue.fastwrite).
+        # turn (see wsglue.levers.fastwrite).
         useImmediateWrites(result)
         Service.privilegedStartService(self)
 

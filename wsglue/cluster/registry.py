@@ -45,8 +45,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.fastwrite import sendNow
-from wsglue.redisurl import RedisURL
+from wsglue.levers.fastwrite import sendNow
+from wsglue.cluster.redisurl import RedisURL
 from wsglue.registry import IConnection, Message, SessionRegistry
 
 _log = Logger()

@@ -29,8 +29,8 @@ from twisted.logger import Logger, LogLevel, eventAsText
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsglue.logs import TurnFileLogObserver, formatEvent
-from wsglue.service import CannotListen, describeAddress, stopCleanlyOnSignals
+from wsglue.levers.logs import TurnFileLogObserver, formatEvent
+from wsglue.process.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
 
@@ -268,7 +268,7 @@ class WorkerPool(Service):
         env[FAMILY_VARIABLE] = str(int(family))
         argv = [
             sys.executable, "-c", _TWISTD,
-            "--nodaemon", "--pidfile=", "--logger=wsglue.workers.workerLogObserver",
+            "--nodaemon", "--pidfile=", "--logger=wsglue.process.workers.workerLogObserver",
             "wsglue", *self.argv, "--workers=1",
         ]
         proto = _WorkerProtocol(self, index)
