@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import StringTransport
 
 from tests.ports import freePort  # noqa: F401 (the suite imports it from here)
+from wsglue.levers import Levers, offInEnvironment
 from wsglue.tap import Options, makeService
 
 # twistd's own entry point, as the console script runs it.
@@ -24,6 +25,33 @@ TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+
+def leversForSuite() -> Levers:
+    """
+    The speed levers as the suite runs them: on, unless C{WSGLUE_NO_LEVERS=1}
+    runs the whole suite on the plain path.
+    """
+    plain = offInEnvironment(os.environ)
+    return Levers(not plain, "WSGLUE_NO_LEVERS" if plain else "")
+
+
+def levered(factory: Any, site: Any = None) -> Any:
+    """
+    C{factory} (and C{site}, built on it) with the speed levers the suite
+    runs with (L{leversForSuite}), as C{makeService} would apply them.
+    """
+    leversForSuite().apply(factory=factory, site=site)
+    return factory
+
+
+def withLevers(factory: Any, site: Any = None) -> Any:
+    """
+    C{factory} (and C{site}) with the speed levers on, whatever the suite
+    runs with: for the tests of the levers themselves.
+    """
+    Levers(True).apply(factory=factory, site=site)
+    return factory
 
 
 def options(*argv: str) -> Options:

@@ -24,19 +24,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
-from wsglue.cluster.registry import (
+from wsglue.cluster.envelope import (
     NODE_ID_LENGTH,
     OP_BROADCAST,
     OP_CLOSE,
     OP_SEND,
-    ClusterRegistry,
-    RedisUnavailable,
-    TxRedisLink,
-    _SubscriberFactory,
     decode,
     encode,
     newNodeId,
 )
+from wsglue.cluster.link import RedisUnavailable, TxRedisLink, _SubscriberFactory
+from wsglue.cluster.registry import ClusterRegistry
 from wsglue.cluster.redisurl import BadRedisURL, RedisURL, parseRedisURL
 from wsglue.tap import Options
 
@@ -96,7 +94,7 @@ class FakeBroker:
 
 class FakeLink:
     """
-    L{wsglue.cluster.registry.IRedisLink} on a L{FakeBroker}.
+    L{wsglue.cluster.link.IRedisLink} on a L{FakeBroker}.
     """
 
     def __init__(self, broker: FakeBroker) -> None:

@@ -22,7 +22,8 @@ from tests.common import (
     waitFor,
 )
 from wsglue import limits as limitsModule
-from wsglue.limits import LOG_INTERVAL, Limits, TokenBucket, bufferedBytes
+from wsglue.levers.fastwrite import bufferedBytes
+from wsglue.limits import LOG_INTERVAL, Limits, TokenBucket
 from wsglue.tap import Options
 
 

@@ -22,7 +22,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.common import options
+from tests.common import levered, options, withLevers
 from tests.handlers_for_tests import Recorder
 from tests.test_registry import FakeConnection
 from wsglue.cookies import SessionCookies
@@ -130,7 +130,7 @@ class ProtocolTestCase(SynchronousTestCase):
         self.factory = self.makeFactory()
 
     def makeFactory(self, **kwargs: Any) -> GlueServerFactory:
-        return GlueServerFactory(reactor=self.clock, **kwargs)
+        return levered(GlueServerFactory(reactor=self.clock, **kwargs))
 
     def connect(
         self,
@@ -564,11 +564,12 @@ class LifecycleTests(ProtocolTestCase):
 
     def test_autoPingSubSecond(self) -> None:
         """
-        Sub-second ping interval and timeout are kept as given, not rounded
-        to whole seconds: the ping goes at 0.5 s and the silent peer is
-        dropped 0.5 s later, not before.
+        With the timer lever, sub-second ping interval and timeout are kept
+        as given, not rounded to whole seconds: the ping goes at 0.5 s and
+        the silent peer is dropped 0.5 s later, not before.  (On the plain
+        path Autobahn's batched timer rounds them.)
         """
-        factory = self.makeFactory(pingInterval=0.5, pingTimeout=0.5)
+        factory = withLevers(GlueServerFactory(reactor=self.clock, pingInterval=0.5, pingTimeout=0.5))
         proto, transport, _ = self.connect(factory=factory)
         self.clock.advance(0.4)
         self.assertEqual(self.frames(transport), [])
@@ -594,9 +595,12 @@ class LifecycleTests(ProtocolTestCase):
 
 class LazyAutobahnStateTests(ProtocolTestCase):
     """
-    What Autobahn's C{__init__} gives every connection is made when first
-    read, and reads as Autobahn's would.
+    With the connection lever, what Autobahn's C{__init__} gives every
+    connection is made when first read, and reads as Autobahn's would.
     """
+
+    def makeFactory(self, **kwargs: Any) -> GlueServerFactory:
+        return withLevers(GlueServerFactory(reactor=self.clock, **kwargs))
 
     def test_autobahnInitCovered(self) -> None:
         """

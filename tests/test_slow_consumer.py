@@ -15,7 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 
 from tests.common import connect, cookieValue, handshakeRequest, rawConnect, serve, waitFor
-from wsglue.limits import bufferedBytes
+from wsglue.levers.fastwrite import bufferedBytes
 from wsglue.registry import prepare
 
 LIMIT = 262144

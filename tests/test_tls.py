@@ -160,7 +160,7 @@ class SlowConsumerOverTLSTests(TestCase):
         from twisted.internet.task import deferLater
 
         from tests.common import RawPeer, handshakeRequest, waitFor
-        from wsglue.limits import bufferedBytes
+        from wsglue.levers.fastwrite import bufferedBytes
         from wsglue.registry import prepare
 
         keyPath, certPath, pem = makeCertificate(self.mktemp())

@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.logger import Logger
 
+from wsglue.counters import Counters, RateLimitedWarning
+
 _log = Logger()
 
 # The counters a L{Limits} keeps, and what each counts.
@@ -58,34 +60,6 @@ class TokenBucket:
         return True
 
 
-def bufferedBytes(transport: Any) -> int:
-    """
-    How many bytes C{transport} holds that the kernel has not taken yet.
-
-    For a TCP transport that is its unsent buffer (L{FileDescriptor} keeps
-    C{dataBuffer} from C{offset} plus the not yet joined C{_tempDataLen});
-    a TLS wrapper adds what it holds back before its handshake and passes
-    the rest straight to the TCP transport below it.  This is on the
-    broadcast path, so it only reads a few attributes.
-    """
-    total = 0
-    # A wrapper (TLS, policies) sits on the transport it writes to; two
-    # levels is all wsglue builds, the bound guards against cycles.
-    for _ in range(4):
-        if transport is None:
-            break
-        pending = getattr(transport, "_appSendBuffer", None)
-        if pending:
-            total += sum(len(chunk) for chunk in pending)
-        data = getattr(transport, "dataBuffer", None)
-        if data is not None:
-            total += len(data) - getattr(transport, "offset", 0)
-            total += getattr(transport, "_tempDataLen", 0)
-            break
-        transport = getattr(transport, "transport", None)
-    return total
-
-
 class Limits:
     """
     The configured limits (C{0} turns one off), the connections admitted per
@@ -103,6 +77,7 @@ class Limits:
         maxMessagesPerSecond: float = 0,
         maxSendBuffer: int = 1048576,
         clock: Any = None,
+        counters: Optional[Counters] = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -112,11 +87,11 @@ class Limits:
         self.maxMessagesPerSecond = maxMessagesPerSecond
         self.maxSendBuffer = maxSendBuffer
         self.clock = clock
-        self.counters: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.counters = counters if counters is not None else Counters()
+        self.counters.declare(COUNTERS)
         self.connections = 0
         self._perIp: Dict[str, int] = {}
-        self._lastLog: Dict[str, float] = {}
-        self._held: Dict[str, int] = {}
+        self._warn = RateLimitedWarning(clock, LOG_INTERVAL, _log)
 
     def admit(self, address: str) -> Optional[Tuple[int, str]]:
         """
@@ -164,31 +139,19 @@ class Limits:
         rate = self.maxMessagesPerSecond
         return TokenBucket(rate, max(1.0, rate), self.clock)
 
-    def sendBufferFull(self, transport: Any) -> bool:
-        """
-        Whether C{transport} holds more unsent bytes than allowed.
-        """
-        return bool(self.maxSendBuffer) and bufferedBytes(transport) > self.maxSendBuffer
-
     def bite(self, name: str, **fields: Any) -> None:
         """
         Count that limit C{name} bit, and say so in the log, at most once
         per L{LOG_INTERVAL} seconds for each limit (with how many times it
         bit since the last line).
         """
-        self.counters[name] = self.counters.get(name, 0) + 1
-        now = self.clock.seconds()
-        last = self._lastLog.get(name)
-        if last is not None and now - last < LOG_INTERVAL:
-            self._held[name] = self._held.get(name, 0) + 1
-            return
-        self._lastLog[name] = now
-        since = self._held.pop(name, 0) + 1
-        _log.warn(
+        total = self.counters.add(name)
+        self._warn(
+            name,
             "limit {limit}: {what} ({since} since the last report, {total} in all)",
             limit=name,
             what=COUNTERS.get(name, name),
-            since=since,
-            total=self.counters[name],
+            total=total,
             **fields,
         )
+

@@ -1,15 +1,11 @@
 """
-The twistd entry point: command-line L{Options} and L{makeService}.
-
-Every configuration error is a L{usage.UsageError} raised while parsing, so
-that a bad value is one clear line and a non-zero exit, never a traceback.
+The twistd entry point: L{Options} and L{makeService}, the one place that
+wires the parts of the service together and turns the speed levers on.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -17,216 +13,38 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsglue.cookies import RESERVED_NAMES, SessionCookies
-from wsglue.handlers import PingPong, loadHandler
-from wsglue.keys import KeyFileError, readKeys
+from wsglue.cookies import SessionCookies
+from wsglue.counters import Counters
+from wsglue.levers import Levers
 from wsglue.limits import Limits
-from wsglue.levers.logs import chooseTwistdLogger
+from wsglue.options import GlueOptions, defaultStaticPath, optionsFromEnvironment
 from wsglue.origin import OriginPolicy
-from wsglue.levers.reactor import installIfUnchosen
+from wsglue.process.service import WebSocketService
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
-from wsglue.process.service import CollectorTuning, WebSocketService
 from wsglue.web.front import makeSite
-
 
 _log = Logger()
 
 
-def defaultStaticPath() -> str:
+class Options(GlueOptions):
     """
-    The C{static/} folder shipped in the package (or, in a source checkout,
-    the one beside C{wsglue/}).
+    The options of C{twistd wsglue}, which also decide, once for the
+    process, whether it runs with the speed levers (L{Levers.choose}) and
+    put in place those that must be before twistd builds the service: the
+    reactor and the log observer.
     """
-    try:
-        from importlib.resources import files
-
-        path = str(files("wsglue") / "static")
-        if os.path.isfile(os.path.join(path, "index.html")):
-            return path
-    except (ImportError, TypeError, ValueError):
-        pass
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(here, "static")
-
-
-def _number(kind: Callable[[str], Any], what: str, least: float = 0) -> Callable[[str, Any], Any]:
-    def coerce(option: str, value: Any) -> Any:
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            number = least - 1
-        if number != number or number < least or number == float("inf"):
-            raise usage.UsageError(f"--{option} {what}, not {value!r}")
-        return number
-
-    return coerce
-
-
-seconds = _number(float, "must be a number of seconds, 0 or more")
-count = _number(int, "must be a whole number, 0 or more")
-positive = _number(int, "must be a whole number, 1 or more", least=1)
-rate = _number(float, "must be a number, 0 or more")
-
-# Options whose value is checked and converted in postOptions, so that a bad
-# value is reported with the option's name.
-NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
-    "broadcast-interval": seconds,
-    "max-message-size": count,
-    "ping-interval": seconds,
-    "ping-timeout": seconds,
-    "handshake-timeout": seconds,
-    "max-connections": count,
-    "max-connections-per-ip": count,
-    "max-connections-per-session": count,
-    "max-messages-per-second": rate,
-    "max-send-buffer": count,
-    "workers": positive,
-}
-
-
-class Options(usage.Options):
-    """
-    The options of C{twistd wsglue}; see SPEC.md section 3.
-    """
-
-    synopsis = "[options]"
-    longdesc = "Serve the wsglue page and its WebSocket endpoint on one port."
-
-    optParameters: List[List[Any]] = [
-        ["port", "p", "tcp:9998", "Twisted server endpoint string to listen on."],
-        ["static", None, None, "Folder served over HTTP [default: the page shipped with wsglue]."],
-        ["cookie-name", None, "CookieName", "Name of the session cookie."],
-        ["broadcast-interval", None, 3.0, "Seconds between demo broadcasts; 0 turns them off."],
-        ["broadcast-message", None, "notify", "What the demo broadcast sends."],
-        ["handler", None, None, "Application message handler, MODULE:NAME [default: ping/pong]."],
-        ["max-message-size", None, 65536, "Larger incoming messages close the connection with 1009."],
-        ["ping-interval", None, 30.0, "Seconds between server pings; 0 turns them off."],
-        ["ping-timeout", None, 10.0, "Seconds a peer has to answer a ping."],
-        ["handshake-timeout", None, 10.0, "Seconds a peer has to finish the opening handshake; 0 off."],
-        ["secret-file", None, None, "File of keys (one a line, first signs) for signed session ids."],
-        ["max-connections", None, 0, "WebSockets in all; above it the handshake gets 503; 0 off."],
-        ["max-connections-per-ip", None, 0, "WebSockets per client address; above it 429; 0 off."],
-        ["max-connections-per-session", None, 32, "Tabs per session; a further one is closed with 1008; 0 off."],
-        ["max-messages-per-second", None, 0, "Messages per connection (token bucket); a flood is closed with 1008; 0 off."],
-        ["max-send-buffer", None, 1048576, "Unsent bytes per connection; a peer that stops reading is cut off; 0 off."],
-        ["redis", None, None, "redis://[:password@]host:port/db: the registry spans every process and host on that Redis."],
-        ["workers", None, 1, "Processes sharing the listening port; more than 1 requires --redis."],
-    ]
-
-    optFlags: List[List[Any]] = [
-        ["verbose", "v", "Log every message."],
-        ["trust-proxy", None, "Take X-Forwarded-Proto / X-Forwarded-For from a reverse proxy."],
-    ]
-
-    def __init__(self) -> None:
-        usage.Options.__init__(self)
-        self["allowed-origin"] = []
-
-    def opt_allowed_origin(self, pattern: str) -> None:
-        """
-        Browser Origin allowed to open a WebSocket, as an Autobahn wildcard
-        pattern (repeatable; * allows any) [default: same origin only].
-        """
-        if not pattern.strip():
-            raise usage.UsageError("--allowed-origin needs a pattern")
-        self["allowed-origin"].append(pattern.strip())
-
-    def parseOptions(self, options: Optional[List[str]] = None) -> None:
-        # The command line as given: --workers N starts each worker with it.
-        self["argv"] = list(sys.argv[1:] if options is None else options)
-        try:
-            usage.Options.parseOptions(self, options)
-        except usage.UsageError as e:
-            if getattr(self, "parent", None) is None:
-                raise
-            # Under twistd a UsageError prints all of twistd's help before
-            # the one line that matters; say only that line.
-            sys.stderr.write(f"wsglue: error: {e}\n")
-            raise SystemExit(2)
 
     def postOptions(self) -> None:
-        # The first to import the reactor below installs it: under twistd
-        # with no -r, wsglue's own (see wsglue.levers.reactor).
-        installIfUnchosen()
-        from twisted.internet import reactor
-
-        # And, unless --logger or --syslog says otherwise, wsglue's log
-        # observer (see wsglue.levers.logs): same destination and lines as
-        # twistd's own, at a fraction of the cost per line.
-        chooseTwistdLogger(getattr(self, "parent", None))
-
-        for name, coerce in NUMBERS.items():
-            self[name] = coerce(name, self[name])
-
         try:
-            endpoints.serverFromString(reactor, self["port"])
-        except Exception as e:
-            raise usage.UsageError(f"--port {self['port']!r} is not a valid endpoint: {e}")
-
-        if self["static"] is None:
-            self["static"] = defaultStaticPath()
-        if not os.path.isdir(self["static"]):
-            raise usage.UsageError(f"--static {self['static']!r} is not a folder")
-        if not os.path.isfile(os.path.join(self["static"], "index.html")):
-            raise usage.UsageError(f"--static {self['static']!r} has no index.html")
-
-        if not self["cookie-name"] or not _isToken(self["cookie-name"]):
-            raise usage.UsageError(f"--cookie-name {self['cookie-name']!r} is not a valid cookie name")
-        if self["cookie-name"].lower() in RESERVED_NAMES:
-            # Browsers would store it, but a Cookie header would read as
-            # an attribute of the cookie before it, never as ours.
-            raise usage.UsageError(
-                f"--cookie-name {self['cookie-name']!r} is the name of a cookie attribute"
-                " (Path, Domain, Expires, Max-Age, Secure, HttpOnly, SameSite, Version, Comment)"
-            )
-
-        if self["ping-interval"] and not self["ping-timeout"]:
-            # Autobahn would send pings and never give up on a silent peer.
-            raise usage.UsageError(
-                "--ping-timeout must be more than 0 while --ping-interval is on"
-                " (use --ping-interval 0 to turn pings off)"
-            )
-
-        self["secret-keys"] = []
-        if self["secret-file"] is not None:
-            try:
-                self["secret-keys"] = readKeys(self["secret-file"])
-            except KeyFileError as e:
-                raise usage.UsageError(str(e))
-
-        self["redis-url"] = None
-        if self["redis"] is not None:
-            from wsglue.cluster.redisurl import BadRedisURL, parseRedisURL
-
-            try:
-                self["redis-url"] = parseRedisURL(self["redis"])
-            except BadRedisURL as e:
-                raise usage.UsageError(f"--redis {self['redis']!r} is not a valid Redis URL: {e}")
-        if self["workers"] > 1:
-            from wsglue.process.workers import adoptable
-
-            if self["redis"] is None:
-                raise usage.UsageError(f"--workers {self['workers']} > 1 requires --redis")
-            if not adoptable(self["port"]):
-                raise usage.UsageError(
-                    f"--workers {self['workers']} > 1 needs a tcp: --port, not {self['port']!r}"
-                    " (the workers share one TCP socket; terminate TLS in front of them)"
-                )
-
-        if self["handler"] is None:
-            self["handler-factory"] = PingPong
-        else:
-            try:
-                self["handler-factory"] = loadHandler(self["handler"])
-            except ValueError as e:
-                raise usage.UsageError(str(e))
-
-
-def _isToken(name: str) -> bool:
-    # RFC 6265 cookie-name: an RFC 2616 token.
-    separators = set('()<>@,;:\\"/[]?={} \t')
-    return all(32 < ord(c) < 127 and c not in separators for c in name)
+            levers = Levers.choose(self["no-levers"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        # Before anything imports the reactor (GlueOptions checks --port with
+        # it): under twistd with no -r, wsglue's own.
+        levers.installProcessLevers(getattr(self, "parent", None))
+        self["levers"] = levers
+        GlueOptions.postOptions(self)
 
 
 class HandlerFailed(SystemExit):
@@ -255,12 +73,14 @@ def buildHandler(options: Dict[str, Any], registry: SessionRegistry) -> Any:
 def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     """
     Build the wsglue service: the listening WebSocket/HTTP service and the
-    demo broadcast timer.
+    demo broadcast timer, with the speed levers that C{options} chose.
     """
     # Under twistd (no reactor given) SIGTERM and SIGINT are graceful stops.
     handleSignals = reactor is None
     if reactor is None:
         from twisted.internet import reactor
+    levers: Levers = options.get("levers") or Levers.current()
+    counters = Counters()
 
     workers = options.get("workers", 1)
     if workers > 1:
@@ -278,9 +98,8 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         )
         pool.setName("workers")
         top = MultiService()
-        if handleSignals:
-            CollectorTuning().setServiceParent(top)
         pool.setServiceParent(top)
+        levers.apply(top=top, ownProcess=handleSignals)
         return top
 
     from wsglue.process.workers import watchParent, workerEndpoint
@@ -289,7 +108,9 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import ClusterRegistry
 
-        registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor)
+        registry: SessionRegistry = ClusterRegistry(
+            options["redis-url"], reactor=reactor, counters=counters
+        )
         # Each process sends the demo broadcast to its own connections only,
         # so each connection gets one per interval whatever the number of
         # processes and hosts.
@@ -304,6 +125,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         maxMessagesPerSecond=options["max-messages-per-second"],
         maxSendBuffer=options["max-send-buffer"],
         clock=reactor,
+        counters=counters,
     )
     factory = GlueServerFactory(
         registry=registry,
@@ -330,9 +152,6 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     )
 
     top = MultiService()
-    if handleSignals:
-        # A process of its own (twistd): see CollectorTuning.
-        CollectorTuning().setServiceParent(top)
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import RedisService
 
@@ -357,54 +176,20 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         timer.clock = reactor
         timer.setName("broadcast")
         timer.setServiceParent(top)
+    levers.apply(
+        factory=factory,
+        site=site,
+        listener=listener,
+        registry=registry,
+        top=top,
+        ownProcess=handleSignals,
+    )
     top.factory = factory  # type: ignore[attr-defined]
+    top.counters = counters  # type: ignore[attr-defined]
+    top.levers = levers  # type: ignore[attr-defined]
     return top
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
+__all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment"]
 
 
-def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[str]:
-    """
-    The command line that the C{WSGLUE_*} variables of C{environ} spell:
-    C{WSGLUE_} + the long option in upper case with C{-} as C{_}.  Flags take
-    C{1/true/yes/on} or C{0/false/no/off}; repeatable options take a
-    comma-separated list.
-
-    @raise usage.UsageError: for a flag whose value is neither, and for a
-        C{WSGLUE_*} variable that names no option (a typo would otherwise
-        go unnoticed).
-    """
-    argv: List[str] = []
-
-    def variable(name: str) -> str:
-        return "WSGLUE_" + name.upper().replace("-", "_")
-
-    repeatable = ("allowed-origin",)
-    known = {variable(row[0]) for row in optionsClass.optParameters + optionsClass.optFlags}
-    known.update(variable(name) for name in repeatable)
-    unknown = sorted(name for name in environ if name.startswith("WSGLUE_") and name not in known)
-    if unknown:
-        raise usage.UsageError(
-            f"{unknown[0]} names no option (the variables are WSGLUE_ + a long option"
-            " in upper case with - as _, such as WSGLUE_PORT)"
-        )
-
-    for row in optionsClass.optParameters:
-        value = environ.get(variable(row[0]))
-        if value is not None:
-            argv.append(f"--{row[0]}={value}")
-    for row in optionsClass.optFlags:
-        value = environ.get(variable(row[0]))
-        if value is None:
-            continue
-        if value.strip().lower() in _TRUE:
-            argv.append(f"--{row[0]}")
-        elif value.strip().lower() not in _FALSE:
-            raise usage.UsageError(f"{variable(row[0])}={value!r}: use 1 or 0")
-    for name in repeatable:
-        value = environ.get(variable(name))
-        if value:
-            argv.extend(f"--{name}={v.strip()}" for v in value.split(",") if v.strip())
-    return argv

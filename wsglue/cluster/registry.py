@@ -33,10 +33,7 @@ on its way, is not delivered to the other nodes.
 
 from __future__ import annotations
 
-import secrets
-import struct
-from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, NamedTuple, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -45,174 +42,25 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.levers.fastwrite import sendNow
+from wsglue.cluster.envelope import OP_BROADCAST, OP_CLOSE, OP_SEND, decode, encode, newNodeId
+from wsglue.cluster.link import IRedisLink, RedisUnavailable, TxRedisLink
 from wsglue.cluster.redisurl import RedisURL
+from wsglue.counters import Counters, RateLimitedWarning
 from wsglue.registry import IConnection, Message, SessionRegistry
 
 _log = Logger()
 
-# -- the envelope of a published message -------------------------------------
-
-MAGIC = b"W1"
-OP_SEND = b"s"
-OP_BROADCAST = b"b"
-OP_CLOSE = b"c"
-_OPS = (OP_SEND, OP_BROADCAST, OP_CLOSE)
-KIND_TEXT = b"t"
-KIND_BINARY = b"b"
-KIND_NONE = b"-"
-NODE_ID_LENGTH = 16
-_HEADER = len(MAGIC) + 2 + NODE_ID_LENGTH
-
-
-class Envelope(NamedTuple):
-    """
-    A decoded message from another node.
-    """
-
-    op: bytes
-    origin: str
-    message: Optional[Message] = None
-    code: int = 1000
-    reason: str = ""
-
-
-def newNodeId() -> str:
-    """
-    A random id for this process, unique in the cluster.
-    """
-    return secrets.token_hex(NODE_ID_LENGTH // 2)
-
-
-def encode(op: bytes, origin: str, message: Optional[Message] = None,
-           code: int = 1000, reason: str = "") -> bytes:
-    """
-    Encode what a node publishes: C{MAGIC, op, kind, origin node id}, then
-    the payload.  Text goes as UTF-8 and binary as is (Redis strings are
-    binary safe), the kind byte telling them apart; a close carries its code
-    on two bytes and the reason in UTF-8.
-    """
-    if op not in _OPS or len(origin) != NODE_ID_LENGTH:
-        raise ValueError(f"bad op {op!r} or origin {origin!r}")
-    head = MAGIC + op
-    if op == OP_CLOSE:
-        return head + KIND_NONE + origin.encode("ascii") + struct.pack("!H", code) + reason.encode("utf-8")
-    if isinstance(message, str):
-        return head + KIND_TEXT + origin.encode("ascii") + message.encode("utf-8")
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return head + KIND_BINARY + origin.encode("ascii") + bytes(message)
-    raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
-
-
-def decode(data: bytes) -> Envelope:
-    """
-    The inverse of L{encode}.
-
-    @raise ValueError: if C{data} is not an envelope.
-    """
-    if not isinstance(data, bytes) or len(data) < _HEADER or not data.startswith(MAGIC):
-        raise ValueError("not a wsglue envelope")
-    op = data[2:3]
-    kind = data[3:4]
-    try:
-        origin = data[4:_HEADER].decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("bad origin")
-    body = data[_HEADER:]
-    if op == OP_CLOSE:
-        if len(body) < 2:
-            raise ValueError("close without a code")
-        (code,) = struct.unpack("!H", body[:2])
-        return Envelope(op, origin, None, code, body[2:].decode("utf-8", "replace"))
-    if op not in _OPS:
-        raise ValueError(f"unknown op {op!r}")
-    if kind == KIND_TEXT:
-        return Envelope(op, origin, body.decode("utf-8"))
-    if kind == KIND_BINARY:
-        return Envelope(op, origin, body)
-    raise ValueError(f"unknown kind {kind!r}")
-
+# The counters a ClusterRegistry keeps.
+COUNTERS = (
+    "redis_published",
+    "redis_publish_failed",
+    "redis_received",
+    "redis_bad_message",
+    "redis_presence_failed",
+)
 
 # The most sessions or channels in one Redis command.
 _BATCH = 1000
-
-
-class RedisUnavailable(Exception):
-    """
-    Redis cannot be reached right now; a cluster-wide question has no answer.
-    """
-
-
-# -- what the registry needs of Redis ----------------------------------------
-
-
-class IRedisLink:
-    """
-    The registry's view of Redis: one connection for commands, one for
-    subscriptions.  L{TxRedisLink} is the real one; unit tests use a fake.
-    """
-
-    def start(self, registry: "ClusterRegistry") -> None:
-        """
-        Connect, and keep reconnecting; call C{registry.subscriberReady()}
-        each time the subscriber connection is up and C{registry.received
-        (channel, data)} for each message.
-        """
-
-    def stop(self) -> Deferred:
-        """
-        Disconnect for good.
-        """
-
-    def available(self) -> bool:
-        """
-        Whether the command connection is up right now.
-        """
-
-    def publish(self, channel: str, data: bytes) -> Deferred:
-        """
-        PUBLISH; fires with the number of subscribers that got it.
-        """
-
-    def execute(self, *args: Any) -> Deferred:
-        """
-        Any other command on the command connection.
-        """
-
-    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
-        """
-        SUBSCRIBE, if the subscriber connection is up, returning a Deferred
-        that fires once Redis confirmed it; otherwise None (the channels are
-        subscribed when the connection comes up).
-        """
-
-    def unsubscribe(self, channels: List[str]) -> None:
-        """
-        UNSUBSCRIBE, if the subscriber connection is up.
-        """
-
-
-class _RateLimitedWarning:
-    """
-    A warning logged at most once per C{interval} seconds, saying how many
-    times it happened in between.
-    """
-
-    def __init__(self, clock: Any, interval: float = 10.0) -> None:
-        self.clock = clock
-        self.interval = interval
-        self._last: Optional[float] = None
-        self._suppressed = 0
-
-    def __call__(self, format: str, **fields: Any) -> None:
-        now = self.clock.seconds()
-        if self._last is not None and now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        self._last = now
-        _log.warn(format + " ({suppressed} more since the last warning)",
-                  suppressed=self._suppressed, **fields)
-        self._suppressed = 0
 
 
 class ClusterRegistry(SessionRegistry):
@@ -242,6 +90,7 @@ class ClusterRegistry(SessionRegistry):
         ttl: Optional[float] = None,
         maxInFlight: int = 1000,
         reactor: Any = None,
+        counters: Optional[Counters] = None,
     ) -> None:
         SessionRegistry.__init__(self)
         if reactor is None:
@@ -259,13 +108,8 @@ class ClusterRegistry(SessionRegistry):
         self.allChannel = self.prefix + "all"
         self._sessionPrefix = self.prefix + "s:"
         self.nodesKey = self.prefix + "nodes"
-        self.counters: Dict[str, int] = {
-            "redis_published": 0,
-            "redis_publish_failed": 0,
-            "redis_received": 0,
-            "redis_bad_message": 0,
-            "redis_presence_failed": 0,
-        }
+        self.counters = counters if counters is not None else Counters()
+        self.counters.declare(COUNTERS)
         self._inFlight = 0
         # Presence must be written in full (DEL + SADD all) before it can be
         # kept up to date one session at a time.
@@ -279,9 +123,7 @@ class ClusterRegistry(SessionRegistry):
         self._joining: Dict[str, None] = {}
         self._leaving: Dict[str, None] = {}
         self._flushing: Any = None
-        self._warnPublish = _RateLimitedWarning(reactor)
-        self._warnPresence = _RateLimitedWarning(reactor)
-        self._warnBad = _RateLimitedWarning(reactor)
+        self._warn = RateLimitedWarning(reactor, 10.0, _log)
 
     # -- names ---------------------------------------------------------------
 
@@ -495,8 +337,9 @@ class ClusterRegistry(SessionRegistry):
 
     def _publishFailed(self, why: str) -> None:
         self.counters["redis_publish_failed"] += 1
-        self._warnPublish(
-            "redis publish failed, only this process's connections were reached: {why}",
+        self._warn(
+            "publish",
+            "redis publish failed, only this process's connections were reached: {why} ({suppressed} more since the last warning)",
             why=why,
         )
 
@@ -550,7 +393,13 @@ class ClusterRegistry(SessionRegistry):
             envelope = decode(data)
         except ValueError as e:
             self.counters["redis_bad_message"] += 1
-            self._warnBad("ignored a malformed message on {channel}: {why}", channel=channel, why=str(e))
+            self._warn(
+                "bad",
+                "ignored a malformed message on {channel}: {why}"
+                " ({suppressed} more since the last warning)",
+                channel=channel,
+                why=str(e),
+            )
             return
         if envelope.origin == self.nodeId:
             # Delivered locally when it was sent.
@@ -583,7 +432,7 @@ class ClusterRegistry(SessionRegistry):
         def failed(f: Failure) -> None:
             self._presenceDirty = True
             self.counters["redis_presence_failed"] += 1
-            self._warnPresence("redis presence update failed: {why}", why=f.getErrorMessage())
+            self._warn("presence", "redis presence update failed: {why} ({suppressed} more since the last warning)", why=f.getErrorMessage())
 
         return d.addErrback(failed)
 
@@ -641,198 +490,6 @@ class ClusterRegistry(SessionRegistry):
 
 def _strings(values: Iterable[Any]) -> List[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in (values or [])]
-
-
-# -- the real link: txredisapi ------------------------------------------------
-
-
-class TxRedisLink:
-    """
-    L{IRedisLink} on txredisapi: a command connection and a subscriber
-    connection, each kept up by txredisapi's ClientService with exponential
-    backoff (1 s, growing to at most 10 s).
-    """
-
-    replyTimeout = 5
-
-    def __init__(self, url: RedisURL, reactor: Any) -> None:
-        self.url = url
-        self.reactor = reactor
-        self._commands: Any = None
-        self._subscribers: Any = None
-        self._subscriber: Any = None
-        self.registry: Optional[ClusterRegistry] = None
-
-    def _endpoint(self) -> Any:
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-
-        endpoint = HostnameEndpoint(self.reactor, self.url.host, self.url.port, timeout=5)
-        if self.url.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
-        return endpoint
-
-    def start(self, registry: ClusterRegistry) -> None:
-        import txredisapi
-
-        self.registry = registry
-        url = self.url
-        # charset=None and convertNumbers=False: replies stay bytes, so a
-        # binary or digits-only message is never "converted".
-        self._commands = txredisapi.RedisFactory(
-            None, url.db, 1, isLazy=True, charset=None, password=url.password,
-            replyTimeout=self.replyTimeout, convertNumbers=False, username=url.username,
-        )
-        self._commands.startConnecting(self._endpoint())
-        self._subscribers = _SubscriberFactory(self, url)
-        self._subscribers.startConnecting(self._endpoint())
-
-    def stop(self) -> Deferred:
-        ds = [f.disconnect() for f in (self._commands, self._subscribers) if f is not None]
-        d = defer.gatherResults(ds, consumeErrors=True)
-        d.addTimeout(3, self.reactor)
-        d.addErrback(lambda f: None)
-        return d
-
-    def _connection(self) -> Any:
-        if self._commands is None:
-            return None
-        for conn in self._commands.pool:
-            if conn.connected:
-                return conn
-        return None
-
-    def available(self) -> bool:
-        return self._connection() is not None
-
-    def publish(self, channel: str, data: bytes) -> Deferred:
-        """
-        PUBLISH, handed to the kernel at once (L{sendNow}): the registry
-        publishes before it delivers to its own connections, and on
-        Twisted's own schedule the command would leave only once that loop
-        is over.
-        """
-        conn = self._connection()
-        if conn is None:
-            return defer.fail(RedisUnavailable("not connected"))
-        d = conn.execute_command("PUBLISH", channel, data)
-        sendNow(conn.transport)
-        return d
-
-    def execute(self, *args: Any) -> Deferred:
-        conn = self._connection()
-        if conn is None:
-            return defer.fail(RedisUnavailable("not connected"))
-        return conn.execute_command(*args)
-
-    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
-        if self._subscriber is not None and self._subscriber.connected:
-            d = self._subscriber.subscribeAll(channels)
-            d.addErrback(lambda f: None)
-            return d
-        return None
-
-    def unsubscribe(self, channels: List[str]) -> None:
-        if self._subscriber is not None and self._subscriber.connected:
-            self._subscriber.unsubscribeAll(channels)
-
-    # called by the subscriber factory
-
-    def subscriberUp(self, protocol: Any) -> None:
-        self._subscriber = protocol
-        if self.registry is not None:
-            self.registry.subscriberReady()
-
-    def subscriberDown(self, protocol: Any) -> None:
-        if protocol is self._subscriber:
-            self._subscriber = None
-            if self.registry is not None and not self._subscribers.stopped:
-                self.registry.subscriberLost()
-
-
-# Redis's confirmations of SUBSCRIBE and UNSUBSCRIBE (charset=None: bytes).
-_CONFIRMATIONS = (b"subscribe", b"unsubscribe")
-
-
-def _SubscriberFactory(link: TxRedisLink, url: RedisURL) -> Any:
-    # Built in a function so that txredisapi is imported only with --redis.
-    import txredisapi
-
-    class Subscriber(txredisapi.SubscriberProtocol):
-        """
-        txredisapi's subscriber, with SUBSCRIBE confirmed channel by channel.
-
-        txredisapi answers a SUBSCRIBE of several channels when the first
-        channel is confirmed, and hands the other confirmations to whatever
-        command waits next: a later SUBSCRIBE could look confirmed before
-        Redis had read it.  Here each command's Deferred fires once Redis
-        confirmed every channel it names.
-        """
-
-        def connectionMade(self) -> Any:
-            # channel (bytes) -> the pending commands that name it, oldest
-            # first: [channels still unconfirmed, Deferred].
-            self._confirming: Dict[bytes, Deque[List[Any]]] = {}
-            return txredisapi.SubscriberProtocol.connectionMade(self)
-
-        def subscribeAll(self, channels: List[str]) -> Deferred:
-            done: Deferred = Deferred()
-            pending = [len(channels), done]
-            for channel in channels:
-                self._confirming.setdefault(channel.encode("utf-8"), deque()).append(pending)
-            self.transport.write(self._build_command("SUBSCRIBE", *channels))
-            return done
-
-        def unsubscribeAll(self, channels: List[str]) -> None:
-            self.transport.write(self._build_command("UNSUBSCRIBE", *channels))
-
-        def replyReceived(self, reply: Any) -> None:
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] in _CONFIRMATIONS:
-                if reply[0] == b"subscribe":
-                    self._confirmed(reply[1])
-                return
-            txredisapi.SubscriberProtocol.replyReceived(self, reply)
-
-        def _confirmed(self, channel: Any) -> None:
-            if isinstance(channel, str):
-                channel = channel.encode("utf-8")
-            waiting = self._confirming.get(channel)
-            if not waiting:
-                return
-            pending = waiting.popleft()
-            if not waiting:
-                del self._confirming[channel]
-            pending[0] -= 1
-            if pending[0] == 0:
-                pending[1].callback(None)
-
-        def connectionLost(self, why: Any) -> Any:
-            confirming, self._confirming = self._confirming, {}
-            failed = set()
-            for waiting in confirming.values():
-                for pending in waiting:
-                    if id(pending) not in failed:
-                        failed.add(id(pending))
-                        pending[1].errback(RedisUnavailable("subscriber connection lost"))
-            return txredisapi.SubscriberProtocol.connectionLost(self, why)
-
-        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-            link.registry.received(channel, message)
-
-    class SubscriberFactory(txredisapi.RedisFactory):
-        protocol = Subscriber
-
-        def buildProtocol(self, addr: Any) -> Any:
-            p = txredisapi.RedisFactory.buildProtocol(self, addr)
-            p.whenConnected().addCallback(link.subscriberUp)
-            p.whenDisconnected().addCallback(link.subscriberDown)
-            return p
-
-    return SubscriberFactory(
-        None, None, 1, isLazy=True, charset=None, password=url.password,
-        convertNumbers=False, username=url.username,
-    )
 
 
 class RedisService(Service):

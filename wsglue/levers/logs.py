@@ -295,3 +295,11 @@ def twistdLogObserver() -> TurnFileLogObserver:
 
             signal.signal(signal.SIGUSR1, rotate)
     return TurnFileLogObserver(out, classicFormat(), reactor)
+
+
+def precondition() -> Optional[str]:
+    """
+    Why the lever cannot run here, or C{None}: it writes Twisted's own line
+    format, built from C{twisted.logger}'s public formatting functions.
+    """
+    return None

@@ -63,3 +63,24 @@ def createXorMasker(mask: bytes, length: Optional[int] = None) -> Any:
     if length is not None and length < SMALL:
         return SmallMasker(mask)
     return _autobahnMasker(mask, length)
+
+
+def precondition() -> Optional[str]:
+    """
+    Why the lever cannot run here, or C{None}: it replaces the
+    C{create_xor_masker} that Autobahn's protocol module calls per frame.
+    """
+    import autobahn.websocket.protocol as autobahnProtocol
+
+    from wsglue.levers import missingAttributes
+
+    return missingAttributes(autobahnProtocol, ("create_xor_masker",))
+
+
+def install() -> None:
+    """
+    Make Autobahn's frame parser unmask with L{createXorMasker}.
+    """
+    import autobahn.websocket.protocol as autobahnProtocol
+
+    autobahnProtocol.create_xor_masker = createXorMasker

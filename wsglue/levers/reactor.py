@@ -102,4 +102,16 @@ def installIfUnchosen() -> bool:
     return True
 
 
-__all__ = ["GlueEPollReactor", "install", "installIfUnchosen"]
+def precondition() -> Optional[str]:
+    """
+    Why the lever cannot run here, or C{None}: it needs epoll and the parts
+    of Twisted's epoll reactor its C{doPoll} uses.
+    """
+    if not hasattr(select, "epoll"):
+        return "no epoll on this system"
+    from wsglue.levers import missingAttributes
+
+    return missingAttributes(EPollReactor, ("doPoll", "_doReadOrWrite"))
+
+
+__all__ = ["GlueEPollReactor", "install", "installIfUnchosen", "precondition"]

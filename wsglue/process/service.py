@@ -5,9 +5,8 @@ closes every WebSocket with 1001 (going away) before the process exits.
 
 from __future__ import annotations
 
-import gc
 import signal
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
@@ -15,41 +14,9 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.levers.fastwrite import useImmediateWrites
 from wsglue.protocol import GlueServerFactory
 
 _log = Logger()
-
-
-class CollectorTuning(Service):
-    """
-    CPython's cyclic garbage collector, set up for a process that holds
-    many long-lived sessions (started by twistd, before the listener).
-
-    With its defaults the collector walks every object the process holds
-    each time that number has grown by a quarter: during a ramp to 10,000
-    sessions, three walks of up to 170,000 objects, 60,000 of them the
-    modules, classes and functions of Twisted, Autobahn and wsglue, which
-    live as long as the process.  That was 5 to 10 % of a process's
-    CPU time per handshake.  On start this service collects once, then
-    freezes what is left (C{gc.freeze}: never walked again) and collects
-    the youngest generation every C{thresholds[0]} new container objects
-    instead of every 700, the middle one every C{thresholds[1]} of those
-    instead of 10.  Garbage in cycles is still collected; short-lived
-    objects (a message, its frame) are freed by reference counting, as
-    before.  On an interpreter without these calls (PyPy) it does nothing.
-    """
-
-    name = "collector"
-    thresholds: Tuple[int, int, int] = (5000, 20, 10)
-
-    def startService(self) -> None:
-        Service.startService(self)
-        if not (hasattr(gc, "freeze") and hasattr(gc, "set_threshold")):
-            return
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*self.thresholds)
 
 
 class CannotListen(SystemExit, Exception):
@@ -131,6 +98,9 @@ class WebSocketService(Service):
         self.reactor = reactor
         self.drainTimeout = drainTimeout
         self.handleSignals = handleSignals
+        # Called with the listening port once it is bound (the immediate
+        # writes lever switches its transports).
+        self.onListening: List[Callable[[IListeningPort], Any]] = []
 
     def privilegedStartService(self) -> None:
         # Bind before privileges are shed (ports below 1024) and before the
@@ -145,9 +115,8 @@ class WebSocketService(Service):
                 f"wsglue: cannot listen on {self.description}: {result.getErrorMessage()}"
             )
         self.port = result
-        # Writes go to the kernel at once instead of on the next reactor
-        # turn (see wsglue.levers.fastwrite).
-        useImmediateWrites(result)
+        for hook in self.onListening:
+            hook(result)
         Service.privilegedStartService(self)
 
     def startService(self) -> None:

@@ -19,17 +19,18 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger, LogLevel, eventAsText
+from twisted.logger import FileLogObserver, Logger, LogLevel, eventAsText
+from twisted.logger import formatEvent as _formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsglue.levers.logs import TurnFileLogObserver, formatEvent
+from wsglue.levers import Levers
 from wsglue.process.service import CannotListen, describeAddress, stopCleanlyOnSignals
 
 _log = Logger()
@@ -121,18 +122,28 @@ def watchParent(reactor: Any) -> None:
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=sink, reactor=reactor)
 
 
-def workerLogObserver() -> TurnFileLogObserver:
+def workerLogObserver() -> Any:
     """
     The log observer of a worker (C{twistd --logger}): plain lines on
-    stdout, without timestamps, for the parent to relay under its own;
-    written once per reactor turn (L{TurnFileLogObserver}).
+    stdout, without timestamps, for the parent to relay under its own.
+    With the speed levers, written once per reactor turn
+    (L{wsglue.levers.logs.TurnFileLogObserver}); without, by Twisted's
+    L{FileLogObserver}, a write per event.
     """
     from twisted.internet import reactor
 
-    return TurnFileLogObserver(sys.stdout, workerLines, reactor)
+    if Levers.current().on:
+        from wsglue.levers.logs import TurnFileLogObserver, formatEvent
+
+        return TurnFileLogObserver(
+            sys.stdout, lambda event: workerLines(event, formatEvent), reactor
+        )
+    return FileLogObserver(sys.stdout, workerLines)
 
 
-def workerLines(event: Dict[str, Any]) -> Optional[str]:
+def workerLines(
+    event: Dict[str, Any], formatEvent: Callable[[Dict[str, Any]], Optional[str]] = _formatEvent
+) -> Optional[str]:
     """
     The lines a worker writes for C{event}: each line of its text, after
     the name of its level (C{info session opened: 3f2a9c1e}).

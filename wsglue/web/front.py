@@ -2,76 +2,27 @@
 The one-port HTTP front: the static page and the WebSocket endpoint.
 
 A request for C{/} that asks for C{Upgrade: websocket} goes to the WebSocket
-factory: when it is the first request of its connection and in the common
-form, the WebSocket protocol the connection started with takes it without
-twisted.web (L{GlueSite.buildProtocol}); otherwise it goes through Autobahn's
-L{WebSocketResource}.  Every other request is served from the static folder.
-The static folder never lists directories and never serves a path outside
-itself (C{..}, encoded variants, symlinks that lead out).
+factory through Autobahn's L{WebSocketResource}; every other request is
+served from the static folder (L{wsglue.web.static.StaticFolder}).  Every
+connection gets a deadline for its first complete request
+(L{DeadlineChannel}), so that a peer that trickles bytes cannot hold it.
+
+The connection-starts-as-WebSocket lever (L{wsglue.levers.front}) changes
+how a connection's first request reaches the WebSocket protocol; what is
+answered stays the same.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.python.filepath import FilePath
 from twisted.web.http import HTTPChannel
-from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
-_NOT_FOUND = notFound()
-
-
-class StaticFolder(File):
-    """
-    A L{File} that serves only what lies inside its root folder and never
-    lists a directory.
-    """
-
-    childNotFound = _NOT_FOUND
-
-    def __init__(self, path: str, *args: Any, root: str = "", **kwargs: Any) -> None:
-        File.__init__(self, path, *args, **kwargs)
-        self.root = root or os.path.realpath(path)
-
-    def createSimilarFile(self, path: str) -> "StaticFolder":
-        f = File.createSimilarFile(self, path)
-        f.root = self.root
-        return f
-
-    def directoryListing(self) -> IResource:
-        return _NOT_FOUND
-
-    def render(self, request: Any) -> bytes:
-        # A folder asked for without its trailing slash: File would
-        # redirect to the slash form, which is a 404 anyway.
-        if self.isdir():
-            return _NOT_FOUND.render(request)
-        return File.render(self, request)
-
-    def getChild(self, path: bytes, request: Any) -> IResource:
-        # Undecodable and NUL-bearing names cannot name a file of ours; the
-        # file system calls would raise on a NUL (a 500 and a traceback).
-        if b"\x00" in path:
-            return _NOT_FOUND
-        try:
-            path.decode("utf-8")
-        except UnicodeDecodeError:
-            return _NOT_FOUND
-        child = File.getChild(self, path, request)
-        if isinstance(child, File) and not self._inside(child):
-            return _NOT_FOUND
-        return child
-
-    def _inside(self, child: FilePath) -> bool:
-        real = os.path.realpath(child.path)
-        return real == self.root or real.startswith(self.root + os.sep)
+from wsglue.web.static import StaticFolder
 
 
 def _isUpgrade(request: Any) -> bool:
@@ -101,57 +52,6 @@ class GlueRoot(Resource):
         return self.static.render(request)
 
 
-# The opening handshakes DeadlineChannel hands straight to the WebSocket
-# protocol: the first request of a connection, complete, in the common
-# form: "GET / HTTP/1.1" (a query allowed), at most 100 well-formed header
-# lines, no body, one of them "Upgrade: ...websocket...".  Any other
-# request, and anything that is not a request at all, goes through
-# twisted.web as before, which also answers the malformed ones.
-_SHORT_HANDSHAKE = re.compile(
-    rb"GET /(?:\?[!-~]*)? HTTP/1\.1\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n){1,100}"
-    rb"\r\n"
-)
-_UPGRADE_WEBSOCKET = re.compile(rb"\r\nupgrade:[^\r]*websocket", re.IGNORECASE)
-_BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
-# How much of a first request is held back to look at; 8 KiB is far above
-# a browser's handshake, and twisted.web's own limit is 16 KiB.
-_SHORT_HANDSHAKE_MAX = 8192
-
-
-def firstRequestKind(head: bytes) -> Optional[bool]:
-    """
-    What the first bytes C{head} of a connection are: C{None} while the
-    request may still be incomplete (no blank line yet, under 8 KiB);
-    C{True} for a complete opening handshake in the common form (see
-    L{_SHORT_HANDSHAKE}), which the WebSocket protocol takes without
-    twisted.web; C{False} for anything else, which goes to twisted.web.
-    """
-    end = head.find(b"\r\n\r\n") + 4
-    if end < 4:
-        return None if len(head) < _SHORT_HANDSHAKE_MAX else False
-    return bool(
-        end <= _SHORT_HANDSHAKE_MAX
-        and _SHORT_HANDSHAKE.fullmatch(head, 0, end)
-        and _UPGRADE_WEBSOCKET.search(head, 0, end)
-        and not _BODY.search(head, 0, end)
-    )
-
-
-def takeOver(transport: Any, protocol: Any) -> None:
-    """
-    Connect C{protocol} to C{transport} in place of the protocol it has, as
-    Autobahn's L{WebSocketResource} does (TLS wraps the protocol).
-    """
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    protocol.makeConnection(transport)
-
-
 class DeadlineChannel(HTTPChannel):
     """
     An L{HTTPChannel} that drops a peer which has not sent a complete
@@ -166,65 +66,13 @@ class DeadlineChannel(HTTPChannel):
     """
 
     _deadline: Any = None
-    # The start of the first request while it may still be a WebSocket
-    # handshake to hand over (see dataReceived); None once it is decided.
-    _head: Optional[bytes] = None
     # For a connection handed over by the WebSocket protocol that was its
-    # first (see GlueSite.firstRequest): the seconds left of its deadline.
+    # first (see wsglue.levers.front): the seconds left of its deadline.
     firstDeadline: Optional[float] = None
 
     def connectionMade(self) -> None:
-        site = self.site
-        if (
-            self.firstDeadline is None
-            and getattr(site, "websocketFactory", None) is not None
-            and not getattr(site, "handshakeTimeout", None)
-        ):
-            # Without a deadline GlueSite builds this channel first: a
-            # handshake is handed over from here (see dataReceived).
-            self._head = b""
         HTTPChannel.connectionMade(self)
         self._arm()
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        On a connection this channel is the first protocol of (a site with
-        a WebSocket factory but no handshake deadline, see
-        L{GlueSite.buildProtocol}), hand an opening handshake in the common
-        form straight to the WebSocket protocol, and everything else to
-        twisted.web.
-
-        Through twisted.web a handshake is parsed twice: into a
-        L{twisted.web.server.Request} that is routed and rendered, then
-        again by Autobahn from bytes rebuilt from it.  Skipping the first
-        parse is about a quarter of the CPU time of a handshake.
-        """
-        head = self._head
-        if head is None:
-            HTTPChannel.dataReceived(self, data)
-            return
-        head += data
-        kind = firstRequestKind(head)
-        if kind is None:
-            # Not complete yet; the idle timeout still runs.
-            self._head = head
-            self.resetTimeout()
-            return
-        self._head = None
-        if kind:
-            protocol = self.site.websocketFactory.buildProtocol(self.transport.getPeer())
-            if protocol is not None:
-                self._handOver(protocol, head)
-                return
-        HTTPChannel.dataReceived(self, head)
-
-    def _handOver(self, protocol: Any, data: bytes) -> None:
-        self._disarm()
-        transport, self.transport = self.transport, None
-        self.setTimeout(None)
-        transport.unregisterProducer()
-        takeOver(transport, protocol)
-        protocol.dataReceived(data)
 
     def allContentReceived(self) -> None:
         self._disarm()
@@ -279,10 +127,12 @@ class WebSocketUpgrade(WebSocketResource):
     def render(self, request: Any) -> Any:
         channel = request.channel
         transport = channel.transport
+        if transport is not None:
+            # Before the takeover: the WebSocket protocol registers its own
+            # producer once open (see wsglue.protocol.SendFlow).
+            transport.unregisterProducer()
         result = WebSocketResource.render(self, request)
         if transport is not None and channel.transport is None:
-            if getattr(transport, "producer", None) is channel:
-                transport.unregisterProducer()
             # The request and the channel refer to each other; unlinking
             # them frees both at once rather than at the next collection.
             channel.requests = []
@@ -305,56 +155,8 @@ class GlueSite(Site):
 
     handshakeTimeout: Optional[float] = None
     limits: Any = None
-    # The WebSocket factory that handshakes go to (see buildProtocol).
+    # The WebSocket factory that handshakes go to.
     websocketFactory: Any = None
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """
-        The first protocol of a connection: with a WebSocket factory and a
-        handshake deadline, the factory's WebSocket protocol, which gives
-        its first request to L{firstRequest}; otherwise a
-        L{DeadlineChannel}.
-
-        Nearly every connection to a WebSocket gateway is a WebSocket, so
-        the connection starts as one: its opening-handshake timer is the
-        deadline for the first request, and no HTTP channel is built, set
-        up and handed over from for it.
-        """
-        factory = self.websocketFactory
-        if factory is not None and self.handshakeTimeout:
-            protocol = factory.buildProtocol(addr)
-            if protocol is not None:
-                protocol._front = self
-                return protocol
-        return Site.buildProtocol(self, addr)
-
-    def firstRequest(self, protocol: Any, data: bytes) -> None:
-        """
-        Take C{data}, read by C{protocol} (built by L{buildProtocol}) before
-        its first request is complete.  A handshake in the common form
-        (see L{firstRequestKind}) goes on to the WebSocket protocol; any
-        other request, and anything that is not a request, to a
-        L{DeadlineChannel} of twisted.web, which answers it (through
-        Autobahn's L{WebSocketResource} for the other handshakes).
-        """
-        head = protocol.data + data
-        kind = firstRequestKind(head)
-        if kind is None:
-            # Not complete yet; the handshake timer still runs.
-            protocol.data = head
-            return
-        del protocol._front
-        if kind:
-            protocol.data = b""
-            protocol._dataReceived(head)
-            return
-        transport = protocol.transport
-        left = protocol.leaveForHTTP()
-        channel = Site.buildProtocol(self, transport.getPeer())
-        # The deadline still counts from the connection's start.
-        channel.firstDeadline = left
-        takeOver(transport, channel)
-        channel.dataReceived(head)
 
 
 def makeSite(

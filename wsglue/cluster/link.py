@@ -1,0 +1,265 @@
+"""
+The cluster registry's link to Redis: L{IRedisLink}, what the registry
+needs of Redis (a command connection and a subscriber connection), and
+L{TxRedisLink}, the real one on txredisapi.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from wsglue.cluster.redisurl import RedisURL
+
+if TYPE_CHECKING:
+    from wsglue.cluster.registry import ClusterRegistry
+
+class RedisUnavailable(Exception):
+    """
+    Redis cannot be reached right now; a cluster-wide question has no answer.
+    """
+
+
+# -- what the registry needs of Redis ----------------------------------------
+
+
+class IRedisLink:
+    """
+    The registry's view of Redis: one connection for commands, one for
+    subscriptions.  L{TxRedisLink} is the real one; unit tests use a fake.
+    """
+
+    def start(self, registry: "ClusterRegistry") -> None:
+        """
+        Connect, and keep reconnecting; call C{registry.subscriberReady()}
+        each time the subscriber connection is up and C{registry.received
+        (channel, data)} for each message.
+        """
+
+    def stop(self) -> Deferred:
+        """
+        Disconnect for good.
+        """
+
+    def available(self) -> bool:
+        """
+        Whether the command connection is up right now.
+        """
+
+    def publish(self, channel: str, data: bytes) -> Deferred:
+        """
+        PUBLISH; fires with the number of subscribers that got it.
+        """
+
+    def execute(self, *args: Any) -> Deferred:
+        """
+        Any other command on the command connection.
+        """
+
+    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
+        """
+        SUBSCRIBE, if the subscriber connection is up, returning a Deferred
+        that fires once Redis confirmed it; otherwise None (the channels are
+        subscribed when the connection comes up).
+        """
+
+    def unsubscribe(self, channels: List[str]) -> None:
+        """
+        UNSUBSCRIBE, if the subscriber connection is up.
+        """
+
+
+class TxRedisLink:
+    """
+    L{IRedisLink} on txredisapi: a command connection and a subscriber
+    connection, each kept up by txredisapi's ClientService with exponential
+    backoff (1 s, growing to at most 10 s).
+    """
+
+    replyTimeout = 5
+    # Called with the command connection's transport after each PUBLISH.
+    # The registry publishes before it delivers to its own connections; on
+    # Twisted's own schedule the command leaves at the end of the reactor
+    # turn, after that loop.  The immediate-writes lever sets it to hand the
+    # command to the kernel at once (wsglue.levers.fastwrite.sendNow).
+    afterPublish: Optional[Callable[[Any], None]] = None
+
+    def __init__(self, url: RedisURL, reactor: Any) -> None:
+        self.url = url
+        self.reactor = reactor
+        self._commands: Any = None
+        self._subscribers: Any = None
+        self._subscriber: Any = None
+        self.registry: Optional[ClusterRegistry] = None
+
+    def _endpoint(self) -> Any:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        endpoint = HostnameEndpoint(self.reactor, self.url.host, self.url.port, timeout=5)
+        if self.url.tls:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
+        return endpoint
+
+    def start(self, registry: ClusterRegistry) -> None:
+        import txredisapi
+
+        self.registry = registry
+        url = self.url
+        # charset=None and convertNumbers=False: replies stay bytes, so a
+        # binary or digits-only message is never "converted".
+        self._commands = txredisapi.RedisFactory(
+            None, url.db, 1, isLazy=True, charset=None, password=url.password,
+            replyTimeout=self.replyTimeout, convertNumbers=False, username=url.username,
+        )
+        self._commands.startConnecting(self._endpoint())
+        self._subscribers = _SubscriberFactory(self, url)
+        self._subscribers.startConnecting(self._endpoint())
+
+    def stop(self) -> Deferred:
+        ds = [f.disconnect() for f in (self._commands, self._subscribers) if f is not None]
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addTimeout(3, self.reactor)
+        d.addErrback(lambda f: None)
+        return d
+
+    def _connection(self) -> Any:
+        if self._commands is None:
+            return None
+        for conn in self._commands.pool:
+            if conn.connected:
+                return conn
+        return None
+
+    def available(self) -> bool:
+        return self._connection() is not None
+
+    def publish(self, channel: str, data: bytes) -> Deferred:
+        """
+        PUBLISH, then L{afterPublish} on the connection's transport.
+        """
+        conn = self._connection()
+        if conn is None:
+            return defer.fail(RedisUnavailable("not connected"))
+        d = conn.execute_command("PUBLISH", channel, data)
+        if self.afterPublish is not None:
+            self.afterPublish(conn.transport)
+        return d
+
+    def execute(self, *args: Any) -> Deferred:
+        conn = self._connection()
+        if conn is None:
+            return defer.fail(RedisUnavailable("not connected"))
+        return conn.execute_command(*args)
+
+    def subscribe(self, channels: List[str]) -> Optional[Deferred]:
+        if self._subscriber is not None and self._subscriber.connected:
+            d = self._subscriber.subscribeAll(channels)
+            d.addErrback(lambda f: None)
+            return d
+        return None
+
+    def unsubscribe(self, channels: List[str]) -> None:
+        if self._subscriber is not None and self._subscriber.connected:
+            self._subscriber.unsubscribeAll(channels)
+
+    # called by the subscriber factory
+
+    def subscriberUp(self, protocol: Any) -> None:
+        self._subscriber = protocol
+        if self.registry is not None:
+            self.registry.subscriberReady()
+
+    def subscriberDown(self, protocol: Any) -> None:
+        if protocol is self._subscriber:
+            self._subscriber = None
+            if self.registry is not None and not self._subscribers.stopped:
+                self.registry.subscriberLost()
+
+
+# Redis's confirmations of SUBSCRIBE and UNSUBSCRIBE (charset=None: bytes).
+_CONFIRMATIONS = (b"subscribe", b"unsubscribe")
+
+
+def _SubscriberFactory(link: TxRedisLink, url: RedisURL) -> Any:
+    # Built in a function so that txredisapi is imported only with --redis.
+    import txredisapi
+
+    class Subscriber(txredisapi.SubscriberProtocol):
+        """
+        txredisapi's subscriber, with SUBSCRIBE confirmed channel by channel.
+
+        txredisapi answers a SUBSCRIBE of several channels when the first
+        channel is confirmed, and hands the other confirmations to whatever
+        command waits next: a later SUBSCRIBE could look confirmed before
+        Redis had read it.  Here each command's Deferred fires once Redis
+        confirmed every channel it names.
+        """
+
+        def connectionMade(self) -> Any:
+            # channel (bytes) -> the pending commands that name it, oldest
+            # first: [channels still unconfirmed, Deferred].
+            self._confirming: Dict[bytes, Deque[List[Any]]] = {}
+            return txredisapi.SubscriberProtocol.connectionMade(self)
+
+        def subscribeAll(self, channels: List[str]) -> Deferred:
+            done: Deferred = Deferred()
+            pending = [len(channels), done]
+            for channel in channels:
+                self._confirming.setdefault(channel.encode("utf-8"), deque()).append(pending)
+            self.transport.write(self._build_command("SUBSCRIBE", *channels))
+            return done
+
+        def unsubscribeAll(self, channels: List[str]) -> None:
+            self.transport.write(self._build_command("UNSUBSCRIBE", *channels))
+
+        def replyReceived(self, reply: Any) -> None:
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] in _CONFIRMATIONS:
+                if reply[0] == b"subscribe":
+                    self._confirmed(reply[1])
+                return
+            txredisapi.SubscriberProtocol.replyReceived(self, reply)
+
+        def _confirmed(self, channel: Any) -> None:
+            if isinstance(channel, str):
+                channel = channel.encode("utf-8")
+            waiting = self._confirming.get(channel)
+            if not waiting:
+                return
+            pending = waiting.popleft()
+            if not waiting:
+                del self._confirming[channel]
+            pending[0] -= 1
+            if pending[0] == 0:
+                pending[1].callback(None)
+
+        def connectionLost(self, why: Any) -> Any:
+            confirming, self._confirming = self._confirming, {}
+            failed = set()
+            for waiting in confirming.values():
+                for pending in waiting:
+                    if id(pending) not in failed:
+                        failed.add(id(pending))
+                        pending[1].errback(RedisUnavailable("subscriber connection lost"))
+            return txredisapi.SubscriberProtocol.connectionLost(self, why)
+
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            link.registry.received(channel, message)
+
+    class SubscriberFactory(txredisapi.RedisFactory):
+        protocol = Subscriber
+
+        def buildProtocol(self, addr: Any) -> Any:
+            p = txredisapi.RedisFactory.buildProtocol(self, addr)
+            p.whenConnected().addCallback(link.subscriberUp)
+            p.whenDisconnected().addCallback(link.subscriberDown)
+            return p
+
+    return SubscriberFactory(
+        None, None, 1, isLazy=True, charset=None, password=url.password,
+        convertNumbers=False, username=url.username,
+    )
