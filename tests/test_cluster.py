@@ -35,6 +35,7 @@ from wsglue.cluster.envelope import (
 )
 from wsglue.cluster.link import RedisUnavailable, TxRedisLink, _SubscriberFactory
 from wsglue.cluster.registry import ClusterRegistry
+from wsglue.levers import Levers
 from wsglue.cluster.redisurl import BadRedisURL, RedisURL, parseRedisURL
 from wsglue.tap import Options
 
@@ -848,6 +849,8 @@ class RealRedisTests(TestCase):
         message by the time the first local connection is sent to.
         """
         a, b = self.node(), self.node()
+        # The immediate-writes lever hands each PUBLISH to the kernel at once.
+        Levers(True).apply(registry=a)
         a.add(SID_A, Recorder())
         yield eventually(lambda: b.hasSession(SID_A), True)
         url = parseRedisURL(self.redis.url)

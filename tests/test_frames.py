@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.handlers_for_tests import Recorder
-from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
-from wsglue.protocol import GlueServerProtocol
+from tests.test_protocol import LeverTestCase, clientFrame, closeCode
+from wsglue.levers.protocol import LeveredProtocol as GlueServerProtocol
 
 MASKS = st.binary(min_size=4, max_size=4)
 
@@ -101,7 +101,7 @@ def streams(draw: Any) -> Tuple[bytes, List[int]]:
     return data, cuts
 
 
-class ReadFramesTests(ProtocolTestCase):
+class ReadFramesTests(LeverTestCase):
     """
     The short path against Autobahn's parser, on the same bytes.
     """
@@ -238,7 +238,7 @@ class ReadFramesTests(ProtocolTestCase):
         self.assertEqual(seen, [b"ping"])
 
 
-class SendTests(ProtocolTestCase):
+class SendTests(LeverTestCase):
     """
     The short send path builds the frames Autobahn builds.
     """

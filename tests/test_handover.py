@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.common import TCPLikeTransport, handshakeRequest
 from tests.test_protocol import clientFrame, serverFrames
+from tests.common import withLevers
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol
 from wsglue.web.front import DeadlineChannel, GlueRoot, makeSite
 
@@ -38,6 +39,7 @@ class HandoverTests(SynchronousTestCase):
             f.write(b"<p>page</p>")
         self.factory = GlueServerFactory(reactor=self.clock, pingInterval=0)
         self.site = makeSite(static, self.factory, handshakeTimeout=10, reactor=self.clock)
+        withLevers(self.factory, self.site)
         self.routed: List[bytes] = []
         original = GlueRoot.getChildWithDefault
 
@@ -198,6 +200,7 @@ class HandoverTests(SynchronousTestCase):
         self.site = makeSite(
             self.site.resource.static.path, self.factory, handshakeTimeout=None, reactor=self.clock
         )
+        withLevers(self.factory, self.site)
         channel = self.site.buildProtocol(PEER)
         transport = Transport(peerAddress=PEER)
         transport.protocol = channel

@@ -21,10 +21,12 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 
-from tests.test_protocol import GOOD, HOST, ProtocolTestCase, Transport
+from tests.test_protocol import GOOD, HOST, LeverTestCase, Transport
 from wsglue.cookies import SessionCookies
 from wsglue.origin import OriginPolicy
-from wsglue.protocol import _COLD_DEFAULTS, _OPTIONS, _SHED, GlueServerFactory, GlueServerProtocol
+from tests.common import withLevers
+from wsglue.levers.protocol import _COLD_DEFAULTS, _OPTIONS, _SHED, LeveredProtocol
+from wsglue.protocol import GlueServerFactory, GlueServerProtocol
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 # What Chromium sent in the browser tests, less the cookie.
@@ -44,7 +46,7 @@ BROWSER = [
 ]
 
 
-class AutobahnHandshake(GlueServerProtocol):
+class AutobahnHandshake(LeveredProtocol):
     """
     GlueServerProtocol with Autobahn's own connection setup and opening
     handshake.
@@ -164,7 +166,7 @@ def plain(value: Any) -> Any:
     return type(value).__name__
 
 
-class HandshakeDifferentialTests(ProtocolTestCase):
+class HandshakeDifferentialTests(LeverTestCase):
     """
     The quick handshake against Autobahn's, on the same bytes.
     """
@@ -176,8 +178,10 @@ class HandshakeDifferentialTests(ProtocolTestCase):
         One connection of a fresh factory handed C{data}: what it wrote and
         logged and where it got to, and the connection itself.
         """
-        factory = GlueServerFactory(
-            reactor=self.clock, cookies=CountingCookies(), origins=origins, pingInterval=5
+        factory = withLevers(
+            GlueServerFactory(
+                reactor=self.clock, cookies=CountingCookies(), origins=origins, pingInterval=5
+            )
         )
         events: List[Dict[str, Any]] = []
 
@@ -305,13 +309,13 @@ class HandshakeDifferentialTests(ProtocolTestCase):
         self.assertEqual(outcome["sessions"], [f"{1:040x}"])
 
 
-class QuickPathTakenTests(ProtocolTestCase):
+class QuickPathTakenTests(LeverTestCase):
     """
     Which requests the quick path answers without Autobahn's handshake.
     """
 
     def setUp(self) -> None:
-        ProtocolTestCase.setUp(self)
+        LeverTestCase.setUp(self)
         self.autobahn: List[GlueServerProtocol] = []
         original = WebSocketServerProtocol.processHandshake
 
@@ -377,6 +381,7 @@ class QuickPathTakenTests(ProtocolTestCase):
 
         factory = GlueServerFactory(reactor=self.clock)
         factory.protocol = Own
+        withLevers(factory)
         written = self.handshake(request("GET / HTTP/1.1", BROWSER), factory)
         self.assertTrue(written.startswith(b"HTTP/1.1 101 "))
         self.assertEqual(called, ["/"])

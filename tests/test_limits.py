@@ -364,12 +364,13 @@ class HandshakeDeadlineTests(SynchronousTestCase):
     def channel(self, clock: Clock) -> Any:
         from twisted.internet.address import IPv4Address
 
-        from tests.common import TCPLikeTransport, options
+        from tests.common import TCPLikeTransport, levered, options
         from wsglue.protocol import GlueServerFactory
         from wsglue.web.front import makeSite
 
         factory = GlueServerFactory(reactor=clock)
         site = makeSite(options()["static"], factory, timeout=60, handshakeTimeout=3, reactor=clock)
+        levered(factory, site)
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = TCPLikeTransport()
         transport.protocol = channel

@@ -23,11 +23,11 @@ from twisted.web.http import HTTPChannel
 
 from tests.common import connect, serve, waitFor
 from tests.handlers_for_tests import Recorder
-from tests.test_protocol import ProtocolTestCase, clientFrame, closeCode
-from wsglue.protocol import GlueServerProtocol, _drained
+from tests.test_protocol import LeverTestCase, clientFrame, closeCode
+from wsglue.levers.protocol import LeveredProtocol as GlueServerProtocol, _drained
 from wsglue.web.front import WebSocketUpgrade
 from wsglue.levers.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
-from wsglue.protocol import _LazyPformat
+from wsglue.levers.protocol import _LazyPformat
 
 
 class _FakePort:
@@ -286,7 +286,7 @@ class OpenConnectionTests(TestCase):
         self.assertEqual(await client.nextMessage(), "to you")
 
 
-class CompactTests(ProtocolTestCase):
+class CompactTests(LeverTestCase):
     """
     An open connection holds only what differs from its options class and
     Autobahn's initial values, and reads and sets them as before.

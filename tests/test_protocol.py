@@ -593,14 +593,21 @@ class LifecycleTests(ProtocolTestCase):
         self.assertFalse(transport.disconnecting or transport.disconnected)
 
 
-class LazyAutobahnStateTests(ProtocolTestCase):
+class LeverTestCase(ProtocolTestCase):
     """
-    With the connection lever, what Autobahn's C{__init__} gives every
-    connection is made when first read, and reads as Autobahn's would.
+    A L{ProtocolTestCase} whose factories have the speed levers on, whatever
+    the suite runs with: for the tests of the levers themselves.
     """
 
     def makeFactory(self, **kwargs: Any) -> GlueServerFactory:
         return withLevers(GlueServerFactory(reactor=self.clock, **kwargs))
+
+
+class LazyAutobahnStateTests(LeverTestCase):
+    """
+    With the connection lever, what Autobahn's C{__init__} gives every
+    connection is made when first read, and reads as Autobahn's would.
+    """
 
     def test_autobahnInitCovered(self) -> None:
         """

@@ -143,6 +143,30 @@ class GlueServerProtocol(WebSocketServerProtocol):
             _log.info("<== {text} from {sid}", text=forLog(message), sid=shortId(self.sid or ""))
         factory.handler.received(self.sid, self, message)
 
+    def dropConnection(self, abort: bool = False) -> None:
+        """
+        Autobahn's C{dropConnection}, but a closing handshake that completed
+        cleanly ends the TCP connection gracefully.
+
+        Autobahn aborts the connection as soon as the peer answers a close
+        that the server started.  An abort discards what the transport still
+        holds, and Twisted's transport sends on the next reactor turn: a
+        client that sends a frame and its own close at once never saw the
+        close frame (1003, 1008…) written in reply to the frame.  A peer
+        that answers the close but then stops reading is aborted after the
+        closing-handshake timeout.
+        """
+        if abort and self.wasClean and self.transport is not None:
+            transport = self.transport
+            WebSocketServerProtocol.dropConnection(self, abort=False)
+            self._lingering = self.factory.reactor.callLater(
+                self.closeHandshakeTimeout or 3, transport.abortConnection
+            )
+            return
+        WebSocketServerProtocol.dropConnection(self, abort)
+
+    _lingering: Any = None
+
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         # Autobahn does not cancel its closing-handshake timer when the TCP
         # connection is lost (it drops the connection right after sending
@@ -152,6 +176,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if pending is not None:
             self.closeHandshakeTimeoutCall = None
             pending.cancel()
+        lingering = self._lingering
+        if lingering is not None and lingering.active():
+            self._lingering = None
+            lingering.cancel()
         if self._admitted is not None:
             self.factory.limits.release(self._admitted)
             self._admitted = None

@@ -20,6 +20,7 @@ from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
 from typing import Any, Iterable, Optional
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 
 _RETRY_LATER = (EAGAIN, EWOULDBLOCK, ENOBUFS)
 
@@ -135,8 +136,15 @@ def precondition() -> Optional[str]:
     """
     from wsglue.levers import missingAttributes
 
+    # FileDescriptor sets its buffer state in __init__; read it off an
+    # instance that was never connected.
+    blank = tcp.Server.__new__(tcp.Server)
+    try:
+        FileDescriptor.__init__(blank)
+    except Exception as e:
+        return f"Twisted's FileDescriptor cannot be inspected: {e}"
     return missingAttributes(
-        tcp.Server, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite")
+        blank, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite")
     )
 
 

@@ -352,7 +352,7 @@ def _readsAsAutobahn(cls: type) -> bool:
     plain = _plainClasses.get(cls)
     if plain is None:
         plain = _plainClasses[cls] = all(
-            getattr(cls, name) is getattr(GlueServerProtocol, name) for name in _FRAME_HOOKS
+            getattr(cls, name) is getattr(LeveredProtocol, name) for name in _FRAME_HOOKS
         )
     return plain
 
