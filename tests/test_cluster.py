@@ -34,9 +34,9 @@ from wsglue.cluster.envelope import (
     newNodeId,
 )
 from wsglue.cluster.link import RedisUnavailable, TxRedisLink, _SubscriberFactory
+from wsglue.cluster.redisurl import BadRedisURL, RedisURL, parseRedisURL
 from wsglue.cluster.registry import ClusterRegistry
 from wsglue.levers import Levers
-from wsglue.cluster.redisurl import BadRedisURL, RedisURL, parseRedisURL
 from wsglue.tap import Options
 
 URL = RedisURL("127.0.0.1", 6379, 0)

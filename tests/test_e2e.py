@@ -19,15 +19,14 @@ from tests.common import (
     connect,
     cookieValue,
     freePort,
-    makeCertificate,
     handshakeRequest,
+    makeCertificate,
     rawConnect,
     serve,
     spawnDaemon,
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
-
 
 RECORDER = "tests.handlers_for_tests:Recorder"
 

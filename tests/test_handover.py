@@ -17,9 +17,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.common import TCPLikeTransport, handshakeRequest
+from tests.common import TCPLikeTransport, handshakeRequest, withLevers
 from tests.test_protocol import clientFrame, serverFrames
-from tests.common import withLevers
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol
 from wsglue.web.front import DeadlineChannel, GlueRoot, makeSite
 

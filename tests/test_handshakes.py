@@ -17,15 +17,15 @@ from autobahn.websocket.protocol import WebSocketServerProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 
+from tests.common import withLevers
 from tests.test_protocol import GOOD, HOST, LeverTestCase, Transport
 from wsglue.cookies import SessionCookies
-from wsglue.origin import OriginPolicy
-from tests.common import withLevers
 from wsglue.levers.protocol import _COLD_DEFAULTS, _OPTIONS, _SHED, LeveredProtocol
+from wsglue.origin import OriginPolicy
 from wsglue.protocol import GlueServerFactory, GlueServerProtocol
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

@@ -18,16 +18,15 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-
 from twisted.web.http import HTTPChannel
 
 from tests.common import connect, serve, waitFor
 from tests.handlers_for_tests import Recorder
 from tests.test_protocol import LeverTestCase, clientFrame, closeCode
-from wsglue.levers.protocol import LeveredProtocol as GlueServerProtocol, _drained
-from wsglue.web.front import WebSocketUpgrade
 from wsglue.levers.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
-from wsglue.levers.protocol import _LazyPformat
+from wsglue.levers.protocol import LeveredProtocol as GlueServerProtocol
+from wsglue.levers.protocol import _drained, _LazyPformat
+from wsglue.web.front import WebSocketUpgrade
 
 
 class _FakePort:

@@ -18,8 +18,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, KeyPair
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test.iosim import connectedServerAndClient
 from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.common import levered, options, withLevers

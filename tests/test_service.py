@@ -16,8 +16,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import connect, freePort, options, spawnDaemon
-from wsglue.process import service
 from wsglue.levers.collector import CollectorTuning
+from wsglue.process import service
 from wsglue.process.service import describeAddress
 from wsglue.tap import makeService
 

@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.common import ROOT, connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
 from tests.test_cluster import HANDLER, ask, askUntil
-from wsglue.tap import Options
 from wsglue.process.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
+from wsglue.tap import Options
 
 STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
 

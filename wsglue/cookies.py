@@ -55,7 +55,7 @@ def _sentValue(morsel: Morsel) -> str:
     backslash escapes inside the quotes, which RFC 6265 does not allow in
     a cookie value: C{"\\141..."} must not name session C{a...}.)
     """
-    sent = morsel.coded_value
+    sent: str = morsel.coded_value
     if len(sent) >= 2 and sent[0] == sent[-1] == '"':
         return sent[1:-1]
     return sent

@@ -68,7 +68,8 @@ def loadHandler(spec: str) -> Callable[[SessionRegistry], Any]:
             raise ValueError(f"--handler {spec}: {moduleName} has no {name}")
     if not callable(obj):
         raise ValueError(f"--handler {spec}: {name} is not callable")
-    return obj
+    factory: Callable[[SessionRegistry], Any] = obj
+    return factory
 
 
 class HandlerAdapter:

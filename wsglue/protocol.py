@@ -141,7 +141,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if factory.verbose:
             # Not "message": twisted.logger's legacy bridge owns that key.
             _log.info("<== {text} from {sid}", text=forLog(message), sid=shortId(self.sid or ""))
-        factory.handler.received(self.sid, self, message)
+        factory.handler.received(self.sid or "", self, message)
 
     def dropConnection(self, abort: bool = False) -> None:
         """
@@ -160,7 +160,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
             transport = self.transport
             WebSocketServerProtocol.dropConnection(self, abort=False)
             self._lingering = self.factory.reactor.callLater(
-                self.closeHandshakeTimeout or 3, transport.abortConnection
+                getattr(self, "closeHandshakeTimeout", 3) or 3, transport.abortConnection
             )
             return
         WebSocketServerProtocol.dropConnection(self, abort)

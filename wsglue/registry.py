@@ -96,7 +96,7 @@ class SessionRegistry:
         """
         conns = self._sessions.get(sid)
         isNew = conns is None
-        if isNew:
+        if conns is None:
             conns = self._sessions[sid] = {}
         if conn not in conns:
             conns[conn] = None

@@ -87,6 +87,7 @@ def installedVersions() -> Dict[str, str]:
     The installed versions of the libraries whose internals the levers use.
     """
     import autobahn
+
     import twisted
 
     return {"Twisted": twisted.__version__, "autobahn": autobahn.__version__}

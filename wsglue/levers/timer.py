@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+
 class _Timer:
     """
     A timer of L{_ExactTimer}: cancelling it after it fired is harmless, as
