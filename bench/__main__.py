@@ -49,7 +49,10 @@ PER_PROCESS = 19000
 # "wsglue" is one process; "wsglue-cluster" is --workers N sharing the port,
 # with the registry on a private Redis (the way to more sessions than one
 # process may hold files, and to more than one core).
-SERVERS = ("wsglue", "wsglue-cluster", "websockets", "node")
+# "-plain" runs the same with --no-levers: Autobahn's and Twisted's public
+# API only, so that the table shows what the speed levers buy.
+SERVERS = ("wsglue", "wsglue-plain", "wsglue-cluster", "wsglue-cluster-plain", "websockets", "node")
+PLAIN = "-plain"
 CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
 
@@ -60,6 +63,8 @@ def kind(name: str) -> str:
     (from C{--wsglue-python LABEL=PATH}) are C{wsglue} and C{wsglue-cluster}
     under another Python.
     """
+    if name.endswith(PLAIN):
+        name = name[: -len(PLAIN)]
     if name in SERVERS:
         return name
     return CLUSTER if name.startswith(CLUSTER + "-") else "wsglue"
@@ -370,7 +375,10 @@ class Server:
     def _start(self, name: str, config: argparse.Namespace) -> None:
         env = dict(os.environ)
         if kind(name) in ("wsglue", CLUSTER):
-            env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+            # The checkout under test, or another tree (--wsglue-tree).
+            env["PYTHONPATH"] = config.trees.get(name, ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+            if name.endswith(PLAIN):
+                env["WSGLUE_NO_LEVERS"] = "1"
             # The cluster's workers are started by wsglue with its own
             # sys.executable, so they run under this Python too.
             argv = [config.pythons.get(name, sys.executable), "-c", TWISTD, "--pidfile=", "-n", "wsglue",
@@ -785,6 +793,9 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
+    p.add_argument("--wsglue-tree", action="append", default=[], metavar="LABEL=PATH",
+                   help="add the servers wsglue-LABEL and wsglue-cluster-LABEL, running the wsglue "
+                        "checkout at PATH (to compare two trees in one run; repeatable)")
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--idle", type=int, default=10000, help="idle sessions held for KiB/session")
     p.add_argument("--broadcast", type=counts, default=[1000, 10000], help="fan-out sizes")
@@ -837,7 +848,13 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--wsglue-python: bad label {label!r} (letters, digits, - and _)")
         else:
             config.pythons.update({"wsglue": path, CLUSTER: path})
-    known = list(SERVERS) + [n for n in config.pythons if n not in SERVERS]
+    config.trees = {}
+    for spec in config.wsglue_tree:
+        label, _, path = spec.partition("=")
+        if not (label and os.path.isfile(os.path.join(path, "wsglue", "__init__.py"))):
+            p.error(f"--wsglue-tree: expected LABEL=PATH of a wsglue checkout, not {spec!r}")
+        config.trees.update({f"wsglue-{label}": os.path.abspath(path), f"{CLUSTER}-{label}": os.path.abspath(path)})
+    known = list(SERVERS) + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
         if s not in known:
