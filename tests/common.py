@@ -36,6 +36,26 @@ def leversForSuite() -> Levers:
     return Levers(not plain, "WSGLUE_NO_LEVERS" if plain else "")
 
 
+def suiteReactor() -> str:
+    """
+    The reactor a daemon of this suite runs on: wsglue's with the levers,
+    Twisted's epoll reactor without.
+    """
+    if leversForSuite().on:
+        return "wsglue.levers.reactor.GlueEPollReactor"
+    return "twisted.internet.epollreactor.EPollReactor"
+
+
+def forceLevers(testCase: Any) -> None:
+    """
+    For the tests of the levers themselves: services (L{serve}) and daemons
+    (L{spawnDaemon}) started by C{testCase} run with the speed levers,
+    whatever the suite runs with.
+    """
+    testCase.patch(os, "environ", dict(os.environ, WSGLUE_NO_LEVERS="0"))
+    testCase.patch(Levers, "_current", None)
+
+
 def levered(factory: Any, site: Any = None) -> Any:
     """
     C{factory} (and C{site}, built on it) with the speed levers the suite

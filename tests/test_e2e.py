@@ -24,6 +24,7 @@ from tests.common import (
     rawConnect,
     serve,
     spawnDaemon,
+    suiteReactor,
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
@@ -572,7 +573,7 @@ class DaemonTests(TestCase):
         self.assertNotIn(cookieValue(third.setCookie), daemon.output)
         self.assertNotIn("Traceback", daemon.output)
         # No reactor chosen: wsglue's own.
-        self.assertIn("reactor class: wsglue.levers.reactor.GlueEPollReactor.", daemon.output)
+        self.assertIn(f"reactor class: {suiteReactor()}.", daemon.output)
 
     @inlineCallbacks
     def test_chosenReactorKept(self) -> None:
@@ -735,7 +736,7 @@ class DaemonTests(TestCase):
         daemon.signal("TERM")
         self.assertEqual((yield client.closed)[0], 1001)
         self.assertEqual((yield daemon.ended), 0, daemon.output)
-        self.assertIn("reactor class: wsglue.levers.reactor.GlueEPollReactor.", daemon.output)
+        self.assertIn(f"reactor class: {suiteReactor()}.", daemon.output)
 
     @inlineCallbacks
     def test_glueTacBadEnvironment(self) -> None:

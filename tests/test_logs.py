@@ -25,8 +25,8 @@ from twisted.python.logfile import LogFile
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
-from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
-from wsglue.levers import logs
+from tests.common import connect, cookieValue, forceLevers, freePort, spawnDaemon, waitFor
+from wsglue.levers import Levers, logs
 from wsglue.levers.logs import (
     CachedTimeFormat,
     TurnFileLogObserver,
@@ -447,6 +447,7 @@ class WorkerLinesTests(unittest.TestCase):
         """
         out = io.StringIO()
         self.patch(sys, "stdout", out)
+        self.patch(Levers, "_current", Levers(True))
         observer = workerLogObserver()
         self.assertIsInstance(observer, TurnFileLogObserver)
         observer(event("session opened: 3f2a9c1e"))
@@ -461,6 +462,7 @@ class TwistdLoggerTests(unittest.TestCase):
     """
 
     def setUp(self) -> None:
+        forceLevers(self)
         saved = dict(logs._twistdOptions)
         self.addCleanup(lambda: (logs._twistdOptions.clear(), logs._twistdOptions.update(saved)))
         handler = signal.getsignal(signal.SIGUSR1)

@@ -10,7 +10,6 @@ import random
 import autobahn.websocket.protocol as autobahnProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
-import wsglue.protocol  # noqa: F401  (importing it installs the masker)
 from wsglue.levers.masking import SMALL, SmallMasker, createXorMasker
 
 
@@ -96,6 +95,12 @@ class CreateXorMaskerTests(SynchronousTestCase):
     def test_installed(self) -> None:
         """
         Autobahn's protocol module builds its frame maskers with
-        L{createXorMasker} once wsglue's protocol is imported.
+        L{createXorMasker} once the lever is turned on (not when imported).
         """
+        from wsglue.levers import Levers
+
+        self.patch(autobahnProtocol, "create_xor_masker", autobahnProtocol.create_xor_masker)
+        levers = Levers(True)
+        levers.apply()
+        self.assertIn("masking", levers.active)
         self.assertIs(autobahnProtocol.create_xor_masker, createXorMasker)

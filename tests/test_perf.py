@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 
-from tests.common import connect, serve, waitFor
+from tests.common import connect, forceLevers, serve, waitFor
 from tests.handlers_for_tests import Recorder
 from tests.test_protocol import LeverTestCase, clientFrame, closeCode
 from wsglue.levers.fastwrite import ImmediateWriteServer, sendNow, useImmediateWrites
@@ -126,6 +126,9 @@ class UseImmediateWritesTests(TestCase):
     L{useImmediateWrites} switches TCP ports, and wsglue's listening port
     uses it.
     """
+
+    def setUp(self) -> None:
+        forceLevers(self)
 
     def test_tcpPortSwitched(self) -> None:
         """
@@ -242,6 +245,9 @@ class OpenConnectionTests(TestCase):
     What the protocol drops once the WebSocket is open does not change what
     it does.
     """
+
+    def setUp(self) -> None:
+        forceLevers(self)
 
     async def test_handshakeStateDroppedAfterOpen(self) -> None:
         """

@@ -15,9 +15,9 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import connect, freePort, options, spawnDaemon
+from tests.common import connect, forceLevers, freePort, options, spawnDaemon
+from wsglue.levers import collector
 from wsglue.levers.collector import CollectorTuning
-from wsglue.process import service
 from wsglue.process.service import describeAddress
 from wsglue.tap import makeService
 
@@ -125,7 +125,7 @@ class CollectorTuningTests(SynchronousTestCase):
         Where the C{gc} module has no C{freeze} (PyPy), nothing is changed.
         """
         calls = []
-        self.patch(service, "gc", types.SimpleNamespace(collect=lambda: calls.append("collect")))
+        self.patch(collector, "gc", types.SimpleNamespace(collect=lambda: calls.append("collect")))
         before = gc.get_threshold()
         CollectorTuning().startService()
         self.assertEqual((calls, gc.get_threshold()), ([], before))
@@ -136,6 +136,7 @@ class CollectorTuningTests(SynchronousTestCase):
         the single process and to the parent of C{--workers}; not to a
         service built on a given reactor, as tests and embedders do.
         """
+        forceLevers(self)
         for argv in [(), ("--workers", "2", "--redis", "redis://127.0.0.1:1/0")]:
             self.assertIsInstance(makeService(options(*argv)).getServiceNamed("collector"), CollectorTuning)
             with self.assertRaises(KeyError):
@@ -149,6 +150,7 @@ class CollectorDaemonTests(TestCase):
 
     @inlineCallbacks
     def test_daemon(self) -> Any:
+        forceLevers(self)
         port = freePort()
         daemon = spawnDaemon(
             self, ["--port", f"tcp:{port}:interface=127.0.0.1", "--handler", "tests.handlers_for_tests:Collector"]

@@ -50,8 +50,10 @@ class SendFlow:
     sincePaused = 0
 
     def pauseProducing(self) -> None:
-        self.paused = True
-        self.sincePaused = 0
+        # Twisted calls it on every write while its buffer is over size.
+        if not self.paused:
+            self.paused = True
+            self.sincePaused = 0
 
     def resumeProducing(self) -> None:
         self.paused = False
