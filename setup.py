@@ -27,30 +27,41 @@ setup(
     package_data={"wsglue.static": ["*.html", "scripts/*.js"]},
     include_package_data=False,
     zip_safe=False,
+    # The ranges below are the tested ones: the whole suite passes at both
+    # ends, the floor set pinned in constraints/floor.txt and the newest set
+    # in constraints/newest.txt (tests/run.sh runs it on each).
     install_requires=[
-        "Twisted[tls]>=23.10.0",
-        "autobahn>=23.1.2",
-        "service-identity>=21.1.0",
+        # 26.4 is the first Twisted whose TLS works with pyOpenSSL 26
+        # (older ones fail every TLS connection in _applyProtocolNegotiation).
+        "Twisted[tls]>=26.4,<27",
+        "autobahn>=23.1.2,<27",
+        "service-identity>=21.1.0,<27",
         # --redis: pure Python on Twisted alone, small enough to always ship
         # (1.6 keeps its connections with ClientService: backoff, reconnect).
-        "txredisapi>=1.6.0",
+        "txredisapi>=1.6,<1.7",
         # txredisapi parses Redis replies in C with it when it is installed:
         # a tenth of a worker's CPU per handshake with --workers (one
         # SUBSCRIBE confirmation per session). PyPy gets no wheel for it, and
-        # txredisapi's own parser is what the JIT is good at.
-        'hiredis>=2.0; platform_python_implementation == "CPython"',
+        # txredisapi's own parser is what the JIT is good at. (2.1 is the
+        # first with wheels for CPython 3.11.)
+        'hiredis>=2.1,<4; platform_python_implementation == "CPython"',
     ],
     extras_require={
         "test": [
-            "hypothesis>=6.80",
-            "playwright>=1.40",
-            "cryptography>=41.0",
+            "hypothesis>=6.80,<7",
+            "playwright>=1.40,<2",
+            # Twisted[tls]'s pyOpenSSL (25.2 at the floor) needs 45.0.7.
+            "cryptography>=45.0.7,<51",
             # The bench's Python peer (websockets.asyncio, new in 13.0),
             # which the bench smoke test starts.
-            "websockets>=13.0",
+            "websockets>=13.0,<18",
             # Twisted's own reactor test suites, which tests/test_reactor.py
             # runs against wsglue's reactor, import it.
-            "pyhamcrest>=2",
+            "pyhamcrest>=2,<3",
+            # Lint and type checks (tests/run.sh, configured in
+            # pyproject.toml): their rules change between minor releases.
+            "ruff>=0.17.6,<0.18",
+            "mypy>=2.4.1,<2.5",
         ],
     },
 )

@@ -678,7 +678,9 @@ class DaemonTests(TestCase):
         self.assertNotEqual(status, 0)
         self.assertIn("cannot listen", daemon.output)
         self.assertIn(str(port), daemon.output)
-        self.assertFalse(os.path.exists(pidfile))
+        # The daemonizing parent can exit before its child has removed the
+        # pid file: wait for it to go, within a bound.
+        yield waitFor(lambda: not os.path.exists(pidfile), timeout=10)
         with open(logfile) as f:
             self.assertIn("cannot listen", f.read())
 

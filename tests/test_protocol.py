@@ -15,14 +15,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import CertificateOptions, KeyPair
+from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.common import levered, options, withLevers
+from tests.common import levered, makeCertificate, options, withLevers
 from tests.handlers_for_tests import Recorder
 from tests.test_registry import FakeConnection
 from wsglue.cookies import SessionCookies
@@ -253,7 +253,11 @@ class HandshakeTests(ProtocolTestCase):
         Over TLS (the protocol's transport provides L{ISSLTransport}) the
         cookie is C{Secure} and an C{https} page origin is the same origin.
         """
-        certificate = KeyPair.generate(size=2048).selfSignedCert(1, CN="localhost")
+        # Made with cryptography: Twisted's KeyPair.selfSignedCert needs
+        # pyOpenSSL's X509Req, which pyOpenSSL 26.3 removed.
+        keyPath, _, certPEM = makeCertificate(self.mktemp())
+        with open(keyPath, "rb") as f:
+            certificate = PrivateCertificate.loadPEM(f.read() + certPEM)
         address = IPv4Address("TCP", "127.0.0.1", 50000)
         server = TLSMemoryBIOFactory(
             certificate.options(), False, self.factory, clock=self.clock
