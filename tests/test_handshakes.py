@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Tuple
 from autobahn.twisted.websocket import WebSocketServerProtocol as AutobahnTwisted
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
-from autobahn.websocket.protocol import WebSocketServerProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -317,13 +316,14 @@ class QuickPathTakenTests(LeverTestCase):
     def setUp(self) -> None:
         LeverTestCase.setUp(self)
         self.autobahn: List[GlueServerProtocol] = []
-        original = WebSocketServerProtocol.processHandshake
+        original = AutobahnTwisted.processHandshake
 
         def processHandshake(proto: Any) -> None:
             self.autobahn.append(proto)
             original(proto)
 
-        self.patch(WebSocketServerProtocol, "processHandshake", processHandshake)
+        # Where Autobahn defines it (its Twisted class, on older releases).
+        self.patch(AutobahnTwisted, "processHandshake", processHandshake)
 
     def handshake(self, data: bytes, factory: Any = None) -> bytes:
         factory = factory or self.factory
