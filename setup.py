@@ -12,7 +12,7 @@ setup(
     description="A session-aware WebSocket gateway for real-time data streaming apps.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     packages=[
         "wsglue",
         "wsglue.cluster",
