@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import ROOT, CollectOutput
 
-SERVERS = ["wsglue", "wsglue-cluster", "websockets", "node"]
+SERVERS = ["wsglue", "wsglue-plain", "wsglue-cluster", "wsglue-cluster-plain", "websockets", "node"]
 
 
 

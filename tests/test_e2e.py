@@ -801,7 +801,8 @@ class PingTests(TestCase):
         A peer that never answers the server's ping is pinged and then
         dropped, and its session is gone.
         """
-        running = serve(self, "--ping-interval", "0.2", "--ping-timeout", "0.2")
+        # Whole seconds: on the plain path Autobahn's timer rounds to them.
+        running = serve(self, "--ping-interval", "1", "--ping-timeout", "1")
         peer = yield rawConnect(self, running.port)
         peer.transport.write(handshakeRequest(running.port))
         yield peer.waitForBytes(b"\r\n\r\n")
@@ -817,7 +818,8 @@ class PingTests(TestCase):
         A client that answers pings (as every browser does) stays connected
         past the ping timeout.
         """
-        running = serve(self, "--ping-interval", "0.2", "--ping-timeout", "0.2")
+        # Whole seconds: on the plain path Autobahn's timer rounds to them.
+        running = serve(self, "--ping-interval", "1", "--ping-timeout", "1")
         client = yield connect(self, running.port)
         pings = []
         original = client.onPing
