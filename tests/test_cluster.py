@@ -661,7 +661,7 @@ class OptionsTests(SynchronousTestCase):
         C{--workers 0} and non-numbers are refused.
         """
         exc = self.assertRaises(UsageError, Options().parseOptions, ["--workers", "0"])
-        self.assertIn("--workers must be a whole number, 1 or more", str(exc))
+        self.assertIn("--workers must be a whole number from 1 to 64", str(exc))
         exc = self.assertRaises(UsageError, Options().parseOptions, ["--workers", "two"])
         self.assertIn("--workers", str(exc))
 
