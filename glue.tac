@@ -12,11 +12,11 @@ import sys
 from twisted.application.service import Application
 from twisted.python.usage import UsageError
 
-from wsglue.tap import Options, makeService, optionsFromEnvironment
+from wsglue.tap import Options, makeService, parseEnvironment
 
 try:
     options = Options()
-    options.parseOptions(optionsFromEnvironment(Options, os.environ))
+    parseEnvironment(options, os.environ)
 except UsageError as e:
     sys.stderr.write(f"wsglue: error: {e}\n")
     raise SystemExit(2)

@@ -485,49 +485,138 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual(a.broadcast("two"), 1)
         self.assertEqual(conn.received, ["one", "two"])
 
-    def test_failFastCountedNotQueued(self) -> None:
+    def test_heldWhileDownPublishedInOrder(self) -> None:
         """
-        With Redis down, each publication fails at once: it is counted in
-        C{counters["redis_publish_failed"]} and nothing is kept for later.
+        With Redis down, publications are held (counted in
+        C{redis_publish_held}), not dropped; once the command connection is
+        back they are published oldest first and reach the other node in
+        the order they were sent.
         """
         broker = FakeBroker()
-        (a,) = fakeNodes(1, broker)
+        a, b = fakeNodes(2, broker)
+        conn = FakeConnection()
+        b.add(SID_A, conn)
+        settle(b)
         broker.up = False
-        for _ in range(100):
-            a.send(SID_A, "x")
-        self.assertEqual(a.counters["redis_publish_failed"], 100)
+        for i in range(100):
+            a.send(SID_A, f"m{i}")
+        self.assertEqual(a.counters["redis_publish_held"], 100)
         self.assertEqual(a.link.published, [])
+        self.assertEqual(conn.received, [])
         broker.up = True
-        a.send(SID_A, "y")
-        self.assertEqual(len(a.link.published), 1)
+        a.commandsReady()
+        self.assertEqual(conn.received, [f"m{i}" for i in range(100)])
+        self.assertEqual(a.counters["redis_published"], 100)
+        self.assertEqual(a.counters["redis_publish_dropped"], 0)
+        self.assertEqual(a.counters["redis_publish_failed"], 0)
+
+    def test_heldBeforeNewOnes(self) -> None:
+        """
+        A publication made once Redis is back goes after those held while
+        it was down, even before the node heard that it is back.
+        """
+        broker = FakeBroker()
+        a, b = fakeNodes(2, broker)
+        conn = FakeConnection()
+        b.add(SID_A, conn)
+        settle(b)
+        broker.up = False
+        a.send(SID_A, "first")
+        a.broadcast("second")
+        broker.up = True
+        a.send(SID_A, "third")
+        self.assertEqual(conn.received, ["first", "second", "third"])
+
+    def test_heldFlushedByHeartbeat(self) -> None:
+        """
+        Should the link not say that Redis is back, the next heartbeat
+        publishes what was held.
+        """
+        broker = FakeBroker()
+        a, b = fakeNodes(2, broker)
+        conn = FakeConnection()
+        b.add(SID_A, conn)
+        settle(b)
+        broker.up = False
+        a.send(SID_A, "held")
+        broker.up = True
+        a.reactor.advance(a.heartbeat)
+        self.assertEqual(conn.received, ["held"])
+
+    def test_heldBoundedOldestDropped(self) -> None:
+        """
+        At most C{holdLimit} publications are held: past it the oldest is
+        dropped, counted in C{redis_publish_dropped}, and the newest reach
+        the other nodes once Redis is back.
+        """
+        broker = FakeBroker()
+        a, b = fakeNodes(2, broker)
+        a.holdLimit = 3
+        conn = FakeConnection()
+        b.add(SID_A, conn)
+        settle(b)
+        broker.up = False
+        for i in range(5):
+            a.send(SID_A, f"m{i}")
+        self.assertEqual(a.counters["redis_publish_dropped"], 2)
+        self.assertEqual(a.counters["redis_publish_held"], 5)
+        broker.up = True
+        a.commandsReady()
+        self.assertEqual(conn.received, ["m2", "m3", "m4"])
+
+    def test_holdLimit(self) -> None:
+        """
+        The bound is 10,000 publications, a constant.
+        """
+        (a,) = fakeNodes(1)
+        self.assertEqual(a.holdLimit, 10_000)
 
     def test_oneWarningNotOnePerMessage(self) -> None:
         """
-        Failing publications log one warning per interval, not one each.
+        Dropping held publications logs one warning per interval, not one
+        each, naming Redis's URL.
         """
         broker = FakeBroker()
         (a,) = fakeNodes(1, broker)
+        a.holdLimit = 1
         broker.up = False
-        for _ in range(50):
+        for _ in range(51):
             a.broadcast("x")
-        self.assertEqual(len(self.warnings("redis publish failed")), 1)
+        self.assertEqual(a.counters["redis_publish_dropped"], 50)
+        self.assertEqual(len(self.warnings("dropped the oldest")), 1)
+        self.assertEqual(self.warnings("dropped the oldest")[0]["url"], str(URL))
         a.reactor.advance(11)
         a.broadcast("x")
-        warned = self.warnings("redis publish failed")
+        warned = self.warnings("dropped the oldest")
         self.assertEqual(len(warned), 2)
         self.assertEqual(warned[1]["suppressed"], 49)
 
-    def test_inFlightBounded(self) -> None:
+    def test_slowRedisNothingDropped(self) -> None:
         """
-        When Redis stops answering, at most C{maxInFlight} publications wait
-        for it; the others fail at once.
+        While Redis is connected, publications that it has not answered yet
+        do not limit new ones: 5,000 in one turn are all handed to the link.
         """
-        (a,) = fakeNodes(1, maxInFlight=3)
+        (a,) = fakeNodes(1)
         a.link.pending = Deferred()
-        for _ in range(5):
+        for _ in range(5000):
             a.broadcast("x")
-        self.assertEqual(len(a.link.published), 3)
-        self.assertEqual(a.counters["redis_publish_failed"], 2)
+        self.assertEqual(len(a.link.published), 5000)
+        self.assertEqual(a.counters["redis_publish_failed"], 0)
+        self.assertEqual(a.counters["redis_publish_dropped"], 0)
+        self.assertEqual(a.counters["redis_publish_held"], 0)
+
+    def test_unreachableWarnedOnce(self) -> None:
+        """
+        Failed attempts to connect to Redis give one warning per interval
+        naming its URL and saying that local traffic goes on.
+        """
+        (a,) = fakeNodes(1)
+        for _ in range(5):
+            a.redisUnreachable("Connection refused")
+        warned = self.warnings("is unreachable")
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["url"], str(URL))
+        self.assertIn("local traffic goes on", warned[0]["log_format"])
 
     def test_malformedMessageIgnored(self) -> None:
         """
@@ -662,7 +751,7 @@ class OptionsTests(SynchronousTestCase):
         C{--workers 0} and non-numbers are refused.
         """
         exc = self.assertRaises(UsageError, Options().parseOptions, ["--workers", "0"])
-        self.assertIn("--workers must be a whole number, 1 or more", str(exc))
+        self.assertIn("--workers must be a whole number from 1 to 64", str(exc))
         exc = self.assertRaises(UsageError, Options().parseOptions, ["--workers", "two"])
         self.assertIn("--workers", str(exc))
 
@@ -785,6 +874,29 @@ class RealRedisTests(TestCase):
         self.assertEqual(conn.received, ["héllo", "007", b"\x00\xff\x80"])
 
     @inlineCallbacks
+    def test_manyInOneTurn(self) -> Any:
+        """
+        3,000 sends and 3,000 broadcasts made in one reactor turn on one
+        node all reach the connection on the other node, in order: while
+        Redis answers, nothing is dropped.
+        """
+        a, b = self.node(), self.node()
+        conn = Recorder()
+        a.add(SID_A, conn)
+        yield eventually(lambda: b.hasSession(SID_A), True)
+        sent = [f"send {i}" for i in range(3000)]
+        broadcast = [f"broadcast {i}" for i in range(3000)]
+        for message in sent:
+            b.send(SID_A, message)
+        for message in broadcast:
+            b.broadcast(message)
+        yield conn.waitForCount(6000, timeout=30)
+        self.assertEqual(conn.received, sent + broadcast)
+        self.assertEqual(b.counters["redis_published"], 6000)
+        for name in ("redis_publish_held", "redis_publish_dropped", "redis_publish_failed"):
+            self.assertEqual(b.counters[name], 0, name)
+
+    @inlineCallbacks
     def test_sessionsEverywhere(self) -> Any:
         """
         C{sessionsEverywhere} lists the sessions of every node; a session
@@ -832,13 +944,18 @@ class RealRedisTests(TestCase):
         yield self.redis.stop()
         yield waitFor(lambda: not a.link.available() and not b.link.available())
         self.assertEqual(a.send(SID_A, "local"), 1)
-        b.send(SID_A, "lost")
-        self.assertEqual(b.counters["redis_publish_failed"], 1)
+        b.send(SID_A, "held")
+        self.assertEqual(b.counters["redis_publish_held"], 1)
+        self.assertEqual(b.counters["redis_publish_failed"], 0)
         yield self.redis.start()
         yield eventually(lambda: b.hasSession(SID_A), True, timeout=30)
+        # Published as soon as b's command connection was back: a gets it
+        # if it had subscribed again by then (at most once, as pub/sub).
+        self.assertEqual(len(b._held), 0)
+        self.assertEqual(b.counters["redis_published"], 1)
         b.send(SID_A, "back")
-        yield conn.waitForCount(2)
-        self.assertEqual(conn.received, ["local", "back"])
+        yield waitFor(lambda: "back" in conn.received)
+        self.assertIn(conn.received, (["local", "back"], ["local", "held", "back"]))
 
     @inlineCallbacks
     def test_publishedBeforeLocalDelivery(self) -> Any:
@@ -894,6 +1011,48 @@ class RealRedisTests(TestCase):
         b.send(SID_A, "hello")
         yield conn.waitForCount(1)
         self.assertEqual(conn.received, ["hello"])
+
+
+class UnreachableTests(TestCase):
+    """
+    A registry whose Redis is not there at all.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_warnedAndLocalGoesOn(self) -> Any:
+        """
+        With nothing listening at the URL, the node says (rate-limited)
+        that Redis at that URL is unreachable and local traffic goes on;
+        it keeps serving its own connections and holds what it publishes.
+        """
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        url = parseRedisURL(f"redis://127.0.0.1:{freePort()}/0")
+        node = ClusterRegistry(url, reactor=reactor, heartbeat=0.2)
+        node.start()
+        self.addCleanup(node.stop)
+
+        def warned() -> List[Dict[str, Any]]:
+            return [e for e in events if "is unreachable" in e.get("log_format", "")]
+
+        yield waitFor(lambda: len(warned()) >= 1, timeout=10)
+        # The first retries come within a second or two: still one line.
+        yield waitFor(
+            lambda: len([e for e in events if "Scheduling retry" in str(e.get("log_format", ""))]) >= 2,
+            timeout=15,
+        )
+        self.assertEqual(len(warned()), 1)
+        event = warned()[0]
+        self.assertEqual(event["url"], str(url))
+        self.assertIn("local traffic goes on", event["log_format"])
+        conn = Recorder()
+        node.add(SID_A, conn)
+        self.assertEqual(node.send(SID_A, "local"), 1)
+        self.assertEqual(conn.received, ["local"])
+        self.assertEqual(node.counters["redis_publish_held"], 1)
 
 
 # -- whole daemons ----------------------------------------------------------------
@@ -1062,9 +1221,9 @@ class DaemonTests(TestCase):
     def test_redisStoppedAndRestarted(self) -> Any:
         """
         Redis stopped mid-traffic: ping/pong and local broadcasts go on,
-        cross-node sends fail fast (counted), no daemon dies.  Redis back on
-        the same port: the daemons reconnect and resubscribe by themselves
-        and cross-node sends arrive again.
+        cross-node sends are held (counted), no daemon dies.  Redis back on
+        the same port: the daemons reconnect and resubscribe by themselves,
+        publish what they held, and cross-node sends arrive again.
         """
         onA = yield self.client(self.a)
         onB = yield self.client(self.b)
@@ -1075,13 +1234,18 @@ class DaemonTests(TestCase):
         self.assertEqual((yield ask(onA, "ping")), "pong")
         self.assertEqual((yield ask(onA, "broadcast local only")), "local only")
         self.assertEqual((yield onA.nextMessage()), "broadcast 1")
-        self.assertEqual((yield ask(onB, f"send {onA.sid} lost")), "sent 0")
+        self.assertEqual((yield ask(onB, f"send {onA.sid} held")), "sent 0")
         counters = json.loads((yield ask(onB, "counters")).split(" ", 1)[1])
-        self.assertGreaterEqual(counters["redis_publish_failed"], 1)
+        self.assertGreaterEqual(counters["redis_publish_held"], 1)
         yield self.redis.start()
         yield askUntil(onB, f"has {onA.sid}", "has True", timeout=30)
         self.assertEqual((yield ask(onB, f"send {onA.sid} back")), "sent 0")
-        self.assertEqual((yield onA.nextMessage()), "back")
+        # The held message arrives first if A had subscribed again by the
+        # time B published it (at most once, as Redis pub/sub).
+        message = yield onA.nextMessage()
+        if message == "held":
+            message = yield onA.nextMessage()
+        self.assertEqual(message, "back")
         self.assertFalse(self.a.daemon.ended.called or self.b.daemon.ended.called)
 
 

@@ -699,6 +699,27 @@ class DaemonTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_outOfRangeOneLineExit2(self) -> None:
+        """
+        C{--workers 1000} and C{--port tcp:99999} are refused while parsing
+        the options: one line each and exit status 2, nothing started.
+        """
+        for args, line in [
+            (
+                ["--workers", "1000", "--redis", "redis://127.0.0.1:1/0"],
+                "wsglue: error: --workers must be a whole number from 1 to 64, not '1000'",
+            ),
+            (
+                ["--port", "tcp:99999"],
+                "wsglue: error: --port 'tcp:99999' is not a valid endpoint:"
+                " the port number must be from 0 to 65535, not 99999",
+            ),
+        ]:
+            daemon = spawnDaemon(self, args)
+            self.assertEqual((yield daemon.ended), 2, daemon.output)
+            self.assertEqual(daemon.output.strip().splitlines(), [line])
+
+    @inlineCallbacks
     def test_missingStaticOneLine(self) -> None:
         """
         A missing static folder ends the daemon with one line naming it.
@@ -753,6 +774,21 @@ class DaemonTests(TestCase):
         self.assertNotEqual(status, 0)
         self.assertIn("WSGLUE_VERBOSE", daemon.output)
         self.assertNotIn("Traceback", daemon.output)
+
+    @inlineCallbacks
+    def test_glueTacBadNumberNamesTheVariable(self) -> None:
+        """
+        A bad number in a C{WSGLUE_*} variable is reported by the name of
+        the variable the user set, in one line, with exit status 2.
+        """
+        daemon = spawnDaemon(
+            self, [], tac=os.path.join(ROOT, "glue.tac"), env={"WSGLUE_BROADCAST_INTERVAL": "abc"}
+        )
+        self.assertEqual((yield daemon.ended), 2, daemon.output)
+        self.assertEqual(
+            daemon.output.strip().splitlines(),
+            ["wsglue: error: WSGLUE_BROADCAST_INTERVAL must be a number of seconds, 0 or more, not 'abc'"],
+        )
 
 
 class TLSTests(TestCase):

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.handlers_for_tests import Recorder, makeRecorder
 from wsglue.handlers import PingPong
-from wsglue.tap import HandlerFailed, Options, buildHandler, defaultStaticPath, optionsFromEnvironment
+from wsglue.tap import (
+    HandlerFailed,
+    Options,
+    buildHandler,
+    defaultStaticPath,
+    optionsFromEnvironment,
+    parseEnvironment,
+)
 
 
 def parse(*argv: str) -> Options:
@@ -213,6 +220,45 @@ class ErrorTests(SynchronousTestCase):
         A non-numeric TCP port is refused.
         """
         self.assertError(["--port", "tcp:abc"], "--port", "'tcp:abc'", "not a valid endpoint")
+
+    def test_portNumberOutOfRange(self) -> None:
+        """
+        A TCP or TLS port number that Twisted parses but no socket can bind
+        (above 65535, negative) is refused while parsing, naming the port;
+        0 and 65535 are fine.
+        """
+        for port in ("tcp:99999", "tcp:-1", "tcp6:65536", "tcp:65536:interface=127.0.0.1"):
+            message = self.assertError(["--port", port], "--port", repr(port))
+            self.assertIn("the port number must be from 0 to 65535", message)
+        self.assertEqual(
+            self.assertError(["--port", "tcp:99999"]),
+            "--port 'tcp:99999' is not a valid endpoint: the port number must be from 0 to 65535, not 99999",
+        )
+        for port in ("tcp:0", "tcp:65535"):
+            self.assertEqual(parse("--port", port)["port"], port)
+
+    def test_endpointUnusable(self) -> None:
+        """
+        Other endpoints that parse but could never listen are refused too:
+        a negative backlog, a unix socket path longer than the system takes.
+        """
+        self.assertError(["--port", "tcp:8080:backlog=-1"], "--port", "backlog")
+        self.assertError(["--port", "unix:/tmp/" + "x" * 200], "--port", "unix socket path")
+
+    def test_workersRange(self) -> None:
+        """
+        C{--workers} must be from 1 to 64: C{--workers 1000} once started
+        hundreds of processes.  Refused while parsing, with one line.
+        """
+        redis = ["--redis", "redis://127.0.0.1:6379/0"]
+        self.assertEqual(
+            self.assertError(["--workers", "1000", *redis]),
+            "--workers must be a whole number from 1 to 64, not '1000'",
+        )
+        for bad in ("0", "65", "-2", "2.5", "many"):
+            self.assertError(["--workers", bad, *redis], "--workers", repr(bad), "1 to 64")
+        self.assertEqual(parse("--workers", "64", *redis)["workers"], 64)
+        self.assertEqual(parse("--workers", "1")["workers"], 1)
 
     def test_negativeNumbers(self) -> None:
         """
@@ -419,6 +465,29 @@ class EnvironmentTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(argv)
         self.assertEqual(options["allowed-origin"], ["https://a.example", "https://b.example"])
+
+    def test_badValueNamesTheVariable(self) -> None:
+        """
+        L{parseEnvironment} reports a bad value by the variable the user
+        set, not by the option it stands for.
+        """
+        exc = self.assertRaises(
+            UsageError, parseEnvironment, Options(), {"WSGLUE_BROADCAST_INTERVAL": "abc"}
+        )
+        self.assertEqual(
+            str(exc), "WSGLUE_BROADCAST_INTERVAL must be a number of seconds, 0 or more, not 'abc'"
+        )
+        exc = self.assertRaises(UsageError, parseEnvironment, Options(), {"WSGLUE_PORT": "tcp:99999"})
+        self.assertTrue(str(exc).startswith("WSGLUE_PORT 'tcp:99999' is not a valid endpoint"), str(exc))
+        self.assertNotIn("--port", str(exc))
+
+    def test_parseEnvironment(self) -> None:
+        """
+        Good values from the environment are parsed as their options.
+        """
+        options = Options()
+        parseEnvironment(options, {"WSGLUE_BROADCAST_INTERVAL": "2", "WSGLUE_VERBOSE": "1"})
+        self.assertEqual((options["broadcast-interval"], options["verbose"]), (2.0, True))
 
     def test_badValueReported(self) -> None:
         """

@@ -1,5 +1,5 @@
 """
-Tests for L{wsglue.process.service}: L{describeAddress}, the URL of the start-up line
+Tests for L{wsglue.process.service}: L{describeAddress}, the URL of the start-up line, the closing line
 (SPEC section 9), and L{CollectorTuning}.
 """
 
@@ -8,15 +8,17 @@ from __future__ import annotations
 import gc
 import types
 import weakref
-from typing import Any
+from typing import Any, Dict, List
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import connect, forceLevers, freePort, options, spawnDaemon
+from tests.common import RunningService, connect, forceLevers, freePort, options, spawnDaemon, waitFor
 from wsglue.levers import collector
+from wsglue.process import service
 from wsglue.levers.collector import CollectorTuning
 from wsglue.process.service import describeAddress
 from wsglue.tap import makeService
@@ -35,12 +37,21 @@ class DescribeAddressTests(SynchronousTestCase):
     What C{started websocket server at …} names.
     """
 
-    def test_anyInterfaceIsLocalhost(self) -> None:
+    def test_anyInterfaceNamed(self) -> None:
         """
-        A port on every interface is named C{ws://localhost:PORT}.
+        A port on every IPv4 interface is named by the address it is bound
+        to, C{ws://0.0.0.0:PORT}, not as C{localhost}.
         """
         port = _Port(IPv4Address("TCP", "0.0.0.0", 9998))
-        self.assertEqual(describeAddress(port, False), "ws://localhost:9998")
+        self.assertEqual(describeAddress(port, False), "ws://0.0.0.0:9998")
+
+    def test_anyIPv6InterfaceNamed(self) -> None:
+        """
+        A port on every IPv6 interface is C{ws://[::]:PORT}.
+        """
+        port = _Port(IPv6Address("TCP", "::", 9998))
+        self.assertEqual(describeAddress(port, False), "ws://[::]:9998")
+        self.assertEqual(describeAddress(port, True), "wss://[::]:9998")
 
     def test_interface(self) -> None:
         """
@@ -69,6 +80,44 @@ class DescribeAddressTests(SynchronousTestCase):
         """
         port = _Port(UNIXAddress(b"/run/wsglue.sock"))
         self.assertEqual(describeAddress(port, False), "ws+unix:///run/wsglue.sock")
+
+
+class StopLineTests(TestCase):
+    """
+    The line the listening service logs as it closes the WebSockets.
+    """
+
+    def stopLines(self, clients: int) -> Any:
+        running = RunningService()
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        @inlineCallbacks
+        def run() -> Any:
+            try:
+                for _ in range(clients):
+                    yield connect(self, running.port)
+                yield waitFor(lambda: running.registry.connectionCount == clients)
+            finally:
+                yield running.stop()
+            return [formatEvent(e) for e in events if "closing" in (formatEvent(e) or "")]
+
+        return run()
+
+    @inlineCallbacks
+    def test_oneConnection(self) -> Any:
+        """
+        One WebSocket: C{closing 1 connection (1001)}.
+        """
+        self.assertEqual((yield self.stopLines(1)), ["closing 1 connection (1001)"])
+
+    @inlineCallbacks
+    def test_twoConnections(self) -> Any:
+        """
+        Two WebSockets: C{closing 2 connections (1001)}.
+        """
+        self.assertEqual((yield self.stopLines(2)), ["closing 2 connections (1001)"])
 
 
 class CollectorTuningTests(SynchronousTestCase):

@@ -11,6 +11,7 @@ check the endpoint string).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
@@ -39,23 +40,33 @@ def defaultStaticPath() -> str:
     return os.path.join(here, "static")
 
 
-def _number(kind: Callable[[str], Any], what: str, least: float = 0) -> Callable[[str, Any], Any]:
+def _number(
+    kind: Callable[[str], Any], what: str, least: float = 0, most: float = float("inf")
+) -> Callable[[str, Any], Any]:
     def coerce(option: str, value: Any) -> Any:
         try:
             number = kind(value)
         except (TypeError, ValueError):
             number = least - 1
-        if number != number or number < least or number == float("inf"):
+        if number != number or number < least or number > most or number == float("inf"):
             raise usage.UsageError(f"--{option} {what}, not {value!r}")
         return number
 
     return coerce
 
 
+# The most processes --workers starts: more than a host has cores is only
+# memory (each worker is a whole wsglue), and a typo such as 1000 would
+# start hundreds of them.
+MAX_WORKERS = 64
+
 seconds = _number(float, "must be a number of seconds, 0 or more")
 count = _number(int, "must be a whole number, 0 or more")
 positive = _number(int, "must be a whole number, 1 or more", least=1)
 rate = _number(float, "must be a number, 0 or more")
+workerCount = _number(
+    int, f"must be a whole number from 1 to {MAX_WORKERS}", least=1, most=MAX_WORKERS
+)
 
 # Options whose value is checked and converted in postOptions, so that a bad
 # value is reported with the option's name.
@@ -70,7 +81,7 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "max-connections-per-session": count,
     "max-messages-per-second": rate,
     "max-send-buffer": count,
-    "workers": positive,
+    "workers": workerCount,
 }
 
 
@@ -143,9 +154,12 @@ class GlueOptions(usage.Options):
             self[name] = coerce(name, self[name])
 
         try:
-            endpoints.serverFromString(reactor, self["port"])
+            endpoint = endpoints.serverFromString(reactor, self["port"])
         except Exception as e:
             raise usage.UsageError(f"--port {self['port']!r} is not a valid endpoint: {e}")
+        problem = endpointProblem(endpoint)
+        if problem is not None:
+            raise usage.UsageError(f"--port {self['port']!r} is not a valid endpoint: {problem}")
 
         if self["static"] is None:
             self["static"] = defaultStaticPath()
@@ -206,6 +220,37 @@ class GlueOptions(usage.Options):
                 raise usage.UsageError(str(e))
 
 
+# The longest path of a unix socket (sun_path holds 108 bytes on Linux, 104
+# on the BSDs and macOS, with the terminating NUL).
+_UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+
+def endpointProblem(endpoint: Any) -> Optional[str]:
+    """
+    What is wrong with a server endpoint that Twisted parsed without
+    complaint but could never listen on, or C{None}: a TCP or TLS port
+    number out of 0-65535, a negative backlog, a unix socket path too long
+    for the system.  Checked at option parsing, so that the mistake is one
+    line and exit status 2 rather than a failure at run time.
+
+    Twisted's endpoint classes keep what was parsed in private attributes;
+    an endpoint without them (another plugin's, or another Twisted) is not
+    checked here and fails, if it must, when it listens.
+    """
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"the port number must be from 0 to 65535, not {port}"
+    backlog = getattr(endpoint, "_backlog", None)
+    if isinstance(backlog, int) and backlog < 0:
+        return f"the backlog must be 0 or more, not {backlog}"
+    address = getattr(endpoint, "_address", None)
+    if isinstance(address, str) and not address.startswith("\0"):
+        size = len(os.fsencode(address))
+        if size > _UNIX_PATH_MAX:
+            return f"a unix socket path is at most {_UNIX_PATH_MAX} bytes, not {size}"
+    return None
+
+
 def _isToken(name: str) -> bool:
     # RFC 6265 cookie-name: an RFC 2616 token.
     separators = set('()<>@,;:\\"/[]?={} \t')
@@ -259,3 +304,28 @@ def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[
         if value:
             argv.extend(f"--{name}={v.strip()}" for v in value.split(",") if v.strip())
     return argv
+
+
+def parseEnvironment(options: usage.Options, environ: Dict[str, str]) -> None:
+    """
+    Parse into C{options} what the C{WSGLUE_*} variables of C{environ} spell
+    (L{optionsFromEnvironment}).
+
+    @raise usage.UsageError: as L{usage.Options.parseOptions} does, but
+        naming the variable that the user set rather than the option it
+        stands for: C{WSGLUE_BROADCAST_INTERVAL must be a number of seconds,
+        0 or more, not 'abc'}.
+    """
+    optionsClass = type(options)
+    argv = optionsFromEnvironment(optionsClass, environ)
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        message = str(e)
+        for row in optionsClass.optParameters + optionsClass.optFlags:
+            name = "WSGLUE_" + row[0].upper().replace("-", "_")
+            if name in environ:
+                message = re.sub(rf"(?<![\w-])--{re.escape(row[0])}(?![\w-])", name, message)
+        if "WSGLUE_ALLOWED_ORIGIN" in environ:
+            message = re.sub(r"(?<![\w-])--allowed-origin(?![\w-])", "WSGLUE_ALLOWED_ORIGIN", message)
+        raise usage.UsageError(message) from e

@@ -17,7 +17,7 @@ from wsglue.cookies import SessionCookies
 from wsglue.counters import Counters
 from wsglue.levers import Levers
 from wsglue.limits import Limits
-from wsglue.options import GlueOptions, defaultStaticPath, optionsFromEnvironment
+from wsglue.options import GlueOptions, defaultStaticPath, optionsFromEnvironment, parseEnvironment
 from wsglue.origin import OriginPolicy
 from wsglue.process.service import WebSocketService
 from wsglue.protocol import GlueServerFactory
@@ -190,6 +190,6 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     return top
 
 
-__all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment"]
+__all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment", "parseEnvironment"]
 
 

@@ -35,7 +35,9 @@ class IRedisLink:
     def start(self, registry: "ClusterRegistry") -> None:
         """
         Connect, and keep reconnecting; call C{registry.subscriberReady()}
-        each time the subscriber connection is up and C{registry.received
+        each time the subscriber connection is up, C{registry.commandsReady()}
+        each time the command connection is, C{registry.redisUnreachable(why)}
+        each time an attempt to connect fails, and C{registry.received
         (channel, data)} for each message.
         """
 
@@ -103,7 +105,22 @@ class TxRedisLink:
             from twisted.internet.ssl import optionsForClientTLS
 
             endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
-        return endpoint
+        return _ReportFailures(endpoint, self._connectFailed)
+
+    def _connectFailed(self, reason: Any) -> None:
+        if self.registry is None or self._commands is None or self._commands.stopped:
+            return
+        report = getattr(self.registry, "redisUnreachable", None)
+        if report is not None:
+            report(reason.getErrorMessage())
+
+    def commandsUp(self) -> None:
+        """
+        A command connection joined the pool: tell the registry.
+        """
+        ready = getattr(self.registry, "commandsReady", None)
+        if ready is not None:
+            ready()
 
     def start(self, registry: ClusterRegistry) -> None:
         import txredisapi
@@ -112,10 +129,7 @@ class TxRedisLink:
         url = self.url
         # charset=None and convertNumbers=False: replies stay bytes, so a
         # binary or digits-only message is never "converted".
-        self._commands = txredisapi.RedisFactory(
-            None, url.db, 1, isLazy=True, charset=None, password=url.password,
-            replyTimeout=self.replyTimeout, convertNumbers=False, username=url.username,
-        )
+        self._commands = _CommandFactory(self, url)
         self._commands.startConnecting(self._endpoint())
         self._subscribers = _SubscriberFactory(self, url)
         self._subscribers.startConnecting(self._endpoint())
@@ -179,6 +193,49 @@ class TxRedisLink:
             self._subscriber = None
             if self.registry is not None and not self._subscribers.stopped:
                 self.registry.subscriberLost()
+
+
+class _ReportFailures:
+    """
+    A client endpoint that reports each failed C{connect} to C{onFailure}
+    (with its L{Failure}) and otherwise is C{endpoint}: txredisapi's
+    ClientService retries with no word beyond Twisted's C{Scheduling retry}.
+    """
+
+    def __init__(self, endpoint: Any, onFailure: Callable[[Any], None]) -> None:
+        self.endpoint = endpoint
+        self.onFailure = onFailure
+
+    def connect(self, factory: Any) -> Deferred:
+        def failed(reason: Any) -> Any:
+            from twisted.internet.defer import CancelledError
+
+            if not reason.check(CancelledError):
+                self.onFailure(reason)
+            return reason
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
+def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
+    # Built in a function so that txredisapi is imported only with --redis.
+    import txredisapi
+
+    class CommandFactory(txredisapi.RedisFactory):
+        """
+        txredisapi's factory, telling the link when a command connection
+        joins the pool (ready: authenticated, database selected).
+        """
+
+        def addConnection(self, conn: Any) -> None:
+            txredisapi.RedisFactory.addConnection(self, conn)
+            if conn in self.pool:
+                link.commandsUp()
+
+    return CommandFactory(
+        None, url.db, 1, isLazy=True, charset=None, password=url.password,
+        replyTimeout=link.replyTimeout, convertNumbers=False, username=url.username,
+    )
 
 
 # Redis's confirmations of SUBSCRIBE and UNSUBSCRIBE (charset=None: bytes).

@@ -21,19 +21,28 @@ How it works:
     C{wsglue:<db>:nodes} scored by when it expires.  A node that dies leaves
     nothing behind for longer than the TTL.  L{ClusterRegistry.
     sessionsEverywhere} and L{ClusterRegistry.hasSession} read them.
-  - Redis down: local delivery goes on; publishing fails fast (a counter and
-    one rate-limited warning, never a queue), presence is rewritten in full
-    and every channel subscribed again once Redis is back; txredisapi's
-    ClientService reconnects with exponential backoff.
+  - Redis up: every PUBLISH is handed to txredisapi (and its transport) at
+    once, however many one reactor turn makes; nothing is dropped, the
+    transport's buffer is the backpressure.
+  - Redis down: local delivery goes on; publications wait, in order, in a
+    bounded queue (L{HOLD_LIMIT}) and are published once the command
+    connection is back; past the limit the oldest is dropped (a counter and
+    a rate-limited warning).  Presence is rewritten in full and every
+    channel subscribed again once Redis is back; txredisapi's ClientService
+    reconnects with exponential backoff, and each failed attempt is a
+    rate-limited warning naming the URL.
 
 Delivery across nodes is at most once, like Redis pub/sub itself: a message
-published while Redis is down, or to a session whose subscription is still
-on its way, is not delivered to the other nodes.
+held while Redis was down reaches only the nodes subscribed again by the
+time it is published; one in flight when the connection broke, or sent to a
+session whose subscription is still on its way, is not delivered to the
+other nodes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -53,6 +62,8 @@ _log = Logger()
 # The counters a ClusterRegistry keeps.
 COUNTERS = (
     "redis_published",
+    "redis_publish_held",
+    "redis_publish_dropped",
     "redis_publish_failed",
     "redis_received",
     "redis_bad_message",
@@ -61,6 +72,11 @@ COUNTERS = (
 
 # The most sessions or channels in one Redis command.
 _BATCH = 1000
+
+# The most publications held while Redis is unreachable (about 10,000 times
+# the size of a message, plus 200 bytes each): past it, the oldest is
+# dropped.  Not an option: a bound on memory during an outage, not a knob.
+HOLD_LIMIT = 10_000
 
 
 class ClusterRegistry(SessionRegistry):
@@ -77,9 +93,16 @@ class ClusterRegistry(SessionRegistry):
     Redis).  L{sessionsEverywhere} and L{hasSession} ask Redis and return
     Deferreds.
 
-    @ivar counters: C{redis_published}, C{redis_publish_failed},
+    @ivar counters: C{redis_published} (handed to Redis),
+        C{redis_publish_held} (kept while Redis was unreachable),
+        C{redis_publish_dropped} (held ones dropped past L{holdLimit}),
+        C{redis_publish_failed} (in flight when the connection broke),
         C{redis_received}, C{redis_bad_message}, C{redis_presence_failed}.
+    @ivar holdLimit: the most publications held while Redis is unreachable
+        (L{HOLD_LIMIT}).
     """
+
+    holdLimit = HOLD_LIMIT
 
     def __init__(
         self,
@@ -88,7 +111,6 @@ class ClusterRegistry(SessionRegistry):
         nodeId: Optional[str] = None,
         heartbeat: float = 5.0,
         ttl: Optional[float] = None,
-        maxInFlight: int = 1000,
         reactor: Any = None,
         counters: Optional[Counters] = None,
     ) -> None:
@@ -102,7 +124,6 @@ class ClusterRegistry(SessionRegistry):
         self.heartbeat = heartbeat
         # Three missed heartbeats and a node's sessions are gone.
         self.ttl = ttl if ttl is not None else 3 * heartbeat
-        self.maxInFlight = maxInFlight
         db = url.db if url is not None else 0
         self.prefix = f"wsglue:{db}:"
         self.allChannel = self.prefix + "all"
@@ -110,7 +131,8 @@ class ClusterRegistry(SessionRegistry):
         self.nodesKey = self.prefix + "nodes"
         self.counters = counters if counters is not None else Counters()
         self.counters.declare(COUNTERS)
-        self._inFlight = 0
+        # Publications made while Redis was unreachable, oldest first.
+        self._held: Deque[Tuple[str, bytes]] = deque()
         # Presence must be written in full (DEL + SADD all) before it can be
         # kept up to date one session at a time.
         self._presenceDirty = True
@@ -314,26 +336,89 @@ class ClusterRegistry(SessionRegistry):
     # -- publishing ----------------------------------------------------------
 
     def _publish(self, channel: str, data: bytes) -> None:
-        if self._inFlight >= self.maxInFlight:
-            self._publishFailed("too many messages waiting for Redis")
+        """
+        PUBLISH C{data} on C{channel} now if Redis is reachable, after the
+        publications held while it was not; otherwise hold it (L{_hold}).
+
+        While the command connection is up nothing is dropped, however many
+        publications one reactor turn makes: txredisapi writes each to the
+        connection's transport, whose buffer holds what the kernel has not
+        taken yet, and a Redis that stops answering is cut off after
+        L{TxRedisLink.replyTimeout} seconds.
+        """
+        if self._held:
+            self.flushHeld()
+        if self._held or not self.link.available():
+            self._hold(channel, data)
             return
-        if not self.link.available():
-            self._publishFailed("Redis is unreachable")
-            return
+        self._send(channel, data)
+
+    def _send(self, channel: str, data: bytes) -> None:
         try:
             d = self.link.publish(channel, data)
         except Exception as e:
             self._publishFailed(str(e))
             return
         self.counters["redis_published"] += 1
-        self._inFlight += 1
+        d.addErrback(lambda f: self._publishFailed(f.getErrorMessage()))
 
-        def done(result: Any) -> None:
-            self._inFlight -= 1
-            if isinstance(result, Failure):
-                self._publishFailed(result.getErrorMessage())
+    def _hold(self, channel: str, data: bytes) -> None:
+        """
+        Keep a publication made while Redis is unreachable, to be published
+        in order once it is back (L{flushHeld}).  At most L{holdLimit} are
+        kept: past it the I{oldest} is dropped, so that what reaches the
+        other nodes after an outage is its latest traffic, counted in
+        C{redis_publish_dropped} with a rate-limited warning.
+        """
+        if len(self._held) >= self.holdLimit:
+            self._held.popleft()
+            self.counters["redis_publish_dropped"] += 1
+            self._warn(
+                "dropped",
+                "Redis at {url} is unreachable and {limit} messages already wait for it:"
+                " dropped the oldest, only this process's connections got it"
+                " ({suppressed} more since the last warning)",
+                url=str(self.url), limit=self.holdLimit,
+            )
+        self._held.append((channel, data))
+        self.counters["redis_publish_held"] += 1
 
-        d.addBoth(done)
+    def flushHeld(self) -> None:
+        """
+        Publish, oldest first, what was held while Redis was unreachable,
+        as long as the command connection is up.  Called when it comes back
+        (L{commandsReady}), once the subscriptions are confirmed again, at
+        each heartbeat and before each new publication.
+        """
+        held = self._held
+        available = self.link.available
+        while held and available():
+            channel, data = held.popleft()
+            self._send(channel, data)
+
+    def commandsReady(self) -> None:
+        """
+        The command connection is (again) up: publish what was held.
+        """
+        if self._held:
+            _log.info(
+                "Redis at {url} is reachable again: publishing {n} held messages",
+                url=str(self.url), n=len(self._held),
+            )
+        self.flushHeld()
+
+    def redisUnreachable(self, why: str) -> None:
+        """
+        An attempt to connect to Redis failed (txredisapi tries again, with
+        backoff): say so, at most once per warning interval.
+        """
+        self._warn(
+            "unreachable",
+            "Redis at {url} is unreachable ({why}); local traffic goes on,"
+            " cross-process messages wait (at most {limit}), retrying"
+            " ({suppressed} more since the last warning)",
+            url=str(self.url), why=why, limit=self.holdLimit,
+        )
 
     def _publishFailed(self, why: str) -> None:
         self.counters["redis_publish_failed"] += 1
@@ -440,6 +525,8 @@ class ClusterRegistry(SessionRegistry):
         if not self.link.available():
             self._presenceDirty = True
             return None
+        if self._held:
+            self.flushHeld()
         key = self.nodeKey()
         ttl = str(int(max(1, round(self.ttl))))
         try:

@@ -30,7 +30,10 @@ class CannotListen(SystemExit, Exception):
 
 def describeAddress(port: IListeningPort, secure: bool) -> str:
     """
-    The C{ws://} URL (or unix socket path) that a listening port serves.
+    The C{ws://} URL (or unix socket path) that a listening port serves,
+    naming the address it is bound to: C{ws://0.0.0.0:9998} for every IPv4
+    interface, C{ws://[::]:9998} for every IPv6 one, C{ws://127.0.0.1:9998}
+    for one interface.
     """
     address = port.getHost()
     host = getattr(address, "host", None)
@@ -39,9 +42,9 @@ def describeAddress(port: IListeningPort, secure: bool) -> str:
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
         return f"ws+unix://{name}"
-    if host in ("0.0.0.0", "::", ""):
-        host = "localhost"
-    elif ":" in host:
+    if host == "":
+        host = "0.0.0.0"
+    if ":" in host:
         host = f"[{host}]"
     scheme = "wss" if secure else "ws"
     return f"{scheme}://{host}:{address.port}"
@@ -142,7 +145,11 @@ class WebSocketService(Service):
             self.port = None
         closing = self.factory.registry.closeAll(1001, "server shutting down")
         if closing:
-            _log.info("closing {n} connections (1001)", n=closing)
+            _log.info(
+                "closing {n} {connections} (1001)",
+                n=closing,
+                connections="connection" if closing == 1 else "connections",
+            )
             d: Deferred = self.factory.whenEmpty()
             d.addTimeout(self.drainTimeout, self.reactor)
             try:
