@@ -18,7 +18,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import RunningService, connect, forceLevers, freePort, options, spawnDaemon, waitFor
 from wsglue.levers import collector
-from wsglue.process import service
 from wsglue.levers.collector import CollectorTuning
 from wsglue.process.service import describeAddress
 from wsglue.tap import makeService
