@@ -261,7 +261,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
-def optionsFromEnvironment(optionsClass: type, environ: Dict[str, str]) -> List[str]:
+def optionsFromEnvironment(optionsClass: Any, environ: Dict[str, str]) -> List[str]:
     """
     The command line that the C{WSGLUE_*} variables of C{environ} spell:
     C{WSGLUE_} + the long option in upper case with C{-} as C{_}.  Flags take
@@ -316,7 +316,7 @@ def parseEnvironment(options: usage.Options, environ: Dict[str, str]) -> None:
         stands for: C{WSGLUE_BROADCAST_INTERVAL must be a number of seconds,
         0 or more, not 'abc'}.
     """
-    optionsClass = type(options)
+    optionsClass: Any = type(options)
     argv = optionsFromEnvironment(optionsClass, environ)
     try:
         options.parseOptions(argv)

@@ -123,8 +123,6 @@ class TxRedisLink:
             ready()
 
     def start(self, registry: ClusterRegistry) -> None:
-        import txredisapi
-
         self.registry = registry
         url = self.url
         # charset=None and convertNumbers=False: replies stay bytes, so a
