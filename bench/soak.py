@@ -596,7 +596,6 @@ def compareInspections(folder: str, first: int, last: int, top: int = 25) -> str
     snapA = os.path.join(folder, f"snap-{first:04d}.pickle")
     snapB = os.path.join(folder, f"snap-{last:04d}.pickle")
     if os.path.exists(snapA) and os.path.exists(snapB):
-        import tracemalloc
 
         with open(snapA, "rb") as f:
             sa = pickle.load(f)
