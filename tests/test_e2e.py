@@ -6,6 +6,7 @@ or a real C{twistd} child process) and real WebSocket clients.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, List
 
 from twisted.internet import reactor
@@ -27,6 +28,7 @@ from tests.common import (
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
+from tests.ports import accepts
 
 
 RECORDER = "tests.handlers_for_tests:Recorder"
@@ -607,6 +609,45 @@ class DaemonTests(TestCase):
         self.assertEqual((yield daemon.ended), 0, daemon.output)
 
     @inlineCallbacks
+    def test_sighupIgnored(self) -> None:
+        """
+        SIGHUP neither stops nor kills the daemon: it is logged and ignored,
+        the open WebSocket and new ones are served, and SIGTERM then stops
+        it as usual (1001, exit status 0).
+        """
+        port = freePort()
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"])
+        yield daemon.waitForOutput("started websocket server at")
+        client = yield connect(self, port)
+        daemon.signal("HUP")
+        yield daemon.waitForOutput("received SIGHUP, ignored")
+        self.assertFalse(daemon.ended.called, daemon.output)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        another = yield connect(self, port)
+        another.send("ping")
+        self.assertEqual((yield another.nextMessage()), "pong")
+        daemon.signal("TERM")
+        self.assertEqual((yield client.closed)[0], 1001)
+        self.assertEqual((yield daemon.ended), 0, daemon.output)
+
+    @inlineCallbacks
+    def test_sigtermAsSoonAsThePortAccepts(self) -> None:
+        """
+        A SIGTERM sent the moment the port first accepts a connection, as
+        twistd is still starting, is the normal stop: exit status 0, not
+        death by the signal.  Tried several times, to hit the moment.
+        """
+        for attempt in range(4):
+            port = freePort()
+            daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"])
+            yield waitFor(lambda: accepts(port) or daemon.ended.called, timeout=30, interval=0.002)
+            daemon.signal("TERM")
+            status = yield daemon.ended
+            self.assertEqual(status, 0, f"attempt {attempt}:\n{daemon.output}")
+            self.assertNotIn("Traceback", daemon.output)
+
+    @inlineCallbacks
     def test_portInUse(self) -> None:
         """
         A port that is already in use ends the daemon at once with one line
@@ -681,6 +722,51 @@ class DaemonTests(TestCase):
         self.assertFalse(os.path.exists(pidfile))
         with open(logfile) as f:
             self.assertIn("cannot listen", f.read())
+
+    @inlineCallbacks
+    def test_daemonized(self) -> None:
+        """
+        Run as a daemon (no C{-n}), wsglue serves; SIGHUP leaves it running
+        (it killed the daemon and left its pid file behind); SIGTERM stops
+        it with 1001 and it removes its pid file.
+        """
+        port = freePort()
+        folder = os.path.abspath(self.mktemp())
+        os.mkdir(folder)
+        pidfile = os.path.join(folder, "twistd.pid")
+        logfile = os.path.join(folder, "twistd.log")
+        starter = spawnDaemon(
+            self,
+            ["--port", f"tcp:{port}:interface=127.0.0.1"],
+            twistdArgs=["--pidfile", pidfile, "--logfile", logfile],
+            nodaemon=False,
+        )
+        self.assertEqual((yield starter.ended), 0, starter.output)
+        yield waitFor(lambda: os.path.exists(pidfile), timeout=10)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+
+        def reap() -> None:
+            # The daemon is our grandchild: stopped by its pid if it runs on.
+            if os.path.exists(pidfile):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        self.addCleanup(reap)
+        client = yield connect(self, port)
+        os.kill(pid, signal.SIGHUP)
+        yield waitFor(lambda: "received SIGHUP, ignored" in open(logfile).read(), timeout=10)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        os.kill(pid, signal.SIGTERM)
+        self.assertEqual((yield client.closed)[0], 1001)
+        yield waitFor(lambda: not os.path.exists(pidfile), timeout=10)
+        with open(logfile) as f:
+            log = f.read()
+        self.assertIn("closing 1 connection (1001)", log)
+        self.assertNotIn("Traceback", log)
 
     @inlineCallbacks
     def test_badOptionOneLine(self) -> None:
