@@ -25,9 +25,12 @@ _log = Logger()
 class CannotListen(SystemExit, Exception):
     """
     The endpoint could not be bound.  A L{SystemExit}, so that twistd exits
-    non-zero with this one line rather than a traceback; and an
-    L{Exception}, so that a daemonizing twistd (no C{-n}) catches it and
-    tells the process that started it, which would otherwise wait for ever.
+    non-zero with this one line rather than a traceback (under twistd the
+    port is bound while the service is built, before twistd daemonizes: the
+    line goes to the terminal that started it); and an L{Exception}, so that
+    a daemonizing twistd that binds later (a service built otherwise)
+    catches it and tells the process that started it, which would otherwise
+    wait for ever.
     """
 
 
