@@ -22,4 +22,6 @@ except UsageError as e:
     raise SystemExit(2)
 
 application = Application("wsglue")
-makeService(options).setServiceParent(application)
+# Bound now, before twistd daemonizes: a port in use is one line on the
+# terminal.
+makeService(options, bindNow=True).setServiceParent(application)

@@ -44,3 +44,16 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """
+    Whether something accepts TCP connections on 127.0.0.1:C{port} now (on
+    loopback a refusal is immediate): for a test to act the moment a
+    starting daemon's port is bound.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -1045,6 +1045,8 @@ class UnreachableTests(TestCase):
             timeout=15,
         )
         self.assertEqual(len(warned()), 1)
+        retries = [formatEvent(e) for e in events if "Scheduling retry" in str(e.get("log_format", ""))]
+        self.assertIn(f"to connect Redis at {url} in", retries[0])
         event = warned()[0]
         self.assertEqual(event["url"], str(url))
         self.assertIn("local traffic goes on", event["log_format"])

@@ -6,6 +6,7 @@ or a real C{twistd} child process) and real WebSocket clients.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, List
 
 from twisted.internet import reactor
@@ -28,6 +29,7 @@ from tests.common import (
     waitFor,
 )
 from tests.handlers_for_tests import HandlerError
+from tests.ports import accepts
 
 RECORDER = "tests.handlers_for_tests:Recorder"
 
@@ -607,6 +609,45 @@ class DaemonTests(TestCase):
         self.assertEqual((yield daemon.ended), 0, daemon.output)
 
     @inlineCallbacks
+    def test_sighupIgnored(self) -> None:
+        """
+        SIGHUP neither stops nor kills the daemon: it is logged and ignored,
+        the open WebSocket and new ones are served, and SIGTERM then stops
+        it as usual (1001, exit status 0).
+        """
+        port = freePort()
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"])
+        yield daemon.waitForOutput("started websocket server at")
+        client = yield connect(self, port)
+        daemon.signal("HUP")
+        yield daemon.waitForOutput("received SIGHUP, ignored")
+        self.assertFalse(daemon.ended.called, daemon.output)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        another = yield connect(self, port)
+        another.send("ping")
+        self.assertEqual((yield another.nextMessage()), "pong")
+        daemon.signal("TERM")
+        self.assertEqual((yield client.closed)[0], 1001)
+        self.assertEqual((yield daemon.ended), 0, daemon.output)
+
+    @inlineCallbacks
+    def test_sigtermAsSoonAsThePortAccepts(self) -> None:
+        """
+        A SIGTERM sent the moment the port first accepts a connection, as
+        twistd is still starting, is the normal stop: exit status 0, not
+        death by the signal.  Tried several times, to hit the moment.
+        """
+        for attempt in range(4):
+            port = freePort()
+            daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"])
+            yield waitFor(lambda: accepts(port) or daemon.ended.called, timeout=30, interval=0.002)
+            daemon.signal("TERM")
+            status = yield daemon.ended
+            self.assertEqual(status, 0, f"attempt {attempt}:\n{daemon.output}")
+            self.assertNotIn("Traceback", daemon.output)
+
+    @inlineCallbacks
     def test_portInUse(self) -> None:
         """
         A port that is already in use ends the daemon at once with one line
@@ -654,8 +695,11 @@ class DaemonTests(TestCase):
     def test_portInUseDaemonized(self) -> None:
         """
         Run as a daemon (no C{-n}), C{twistd} still ends at once with a
-        non-zero status and says that it cannot listen, rather than wait
-        for ever for a daemon that has exited, and removes its pid file.
+        non-zero status, rather than wait for ever for a daemon that has
+        exited, and says in one clear line that it cannot listen on the
+        port and why: not twistd's C{An error has occurred: b"..."}, a
+        bytes repr cut at 100 bytes.  The port is bound before twistd
+        daemonizes, so no pid file is left behind.
         """
         taken = reactor.listenTCP(0, Factory.forProtocol(_Refuser), interface="127.0.0.1")
         self.addCleanup(taken.stopListening)
@@ -676,13 +720,65 @@ class DaemonTests(TestCase):
         daemon.ended.addBoth(lambda status: ended.called or ended.callback(status))
         status = yield ended.addTimeout(30, reactor)
         self.assertNotEqual(status, 0)
-        self.assertIn("cannot listen", daemon.output)
-        self.assertIn(str(port), daemon.output)
-        # The daemonizing parent can exit before its child has removed the
-        # pid file: wait for it to go, within a bound.
+        lines = daemon.output.strip().splitlines()
+        self.assertEqual(len(lines), 1, daemon.output)
+        self.assertTrue(
+            lines[0].startswith(
+                f"wsglue: cannot listen on tcp:{port}:interface=127.0.0.1:"
+                f" Couldn't listen on 127.0.0.1:{port}: "
+            ),
+            lines[0],
+        )
+        self.assertIn("Address already in use", lines[0])
+        self.assertNotIn("An error has occurred", daemon.output)
+        # Should a daemonized child have started, it removes its pid file
+        # after its parent exited: wait for it to go, within a bound.
+        yield waitFor(lambda: not os.path.exists(pidfile), timeout=10)
+
+    @inlineCallbacks
+    def test_daemonized(self) -> None:
+        """
+        Run as a daemon (no C{-n}), wsglue serves; SIGHUP leaves it running
+        (it killed the daemon and left its pid file behind); SIGTERM stops
+        it with 1001 and it removes its pid file.
+        """
+        port = freePort()
+        folder = os.path.abspath(self.mktemp())
+        os.mkdir(folder)
+        pidfile = os.path.join(folder, "twistd.pid")
+        logfile = os.path.join(folder, "twistd.log")
+        starter = spawnDaemon(
+            self,
+            ["--port", f"tcp:{port}:interface=127.0.0.1"],
+            twistdArgs=["--pidfile", pidfile, "--logfile", logfile],
+            nodaemon=False,
+        )
+        self.assertEqual((yield starter.ended), 0, starter.output)
+        yield waitFor(lambda: os.path.exists(pidfile), timeout=10)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+
+        def reap() -> None:
+            # The daemon is our grandchild: stopped by its pid if it runs on.
+            if os.path.exists(pidfile):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        self.addCleanup(reap)
+        client = yield connect(self, port)
+        os.kill(pid, signal.SIGHUP)
+        yield waitFor(lambda: "received SIGHUP, ignored" in open(logfile).read(), timeout=10)
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
+        os.kill(pid, signal.SIGTERM)
+        self.assertEqual((yield client.closed)[0], 1001)
         yield waitFor(lambda: not os.path.exists(pidfile), timeout=10)
         with open(logfile) as f:
-            self.assertIn("cannot listen", f.read())
+            log = f.read()
+        self.assertIn("closing 1 connection (1001)", log)
+        self.assertNotIn("Traceback", log)
 
     @inlineCallbacks
     def test_badOptionOneLine(self) -> None:

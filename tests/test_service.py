@@ -1,6 +1,6 @@
 """
-Tests for L{wsglue.process.service}: L{describeAddress}, the URL of the start-up line, the closing line
-(SPEC section 9), and L{CollectorTuning}.
+Tests for L{wsglue.process.service}: L{describeAddress}, the URL of the start-up line
+(SPEC section 9), the closing line, and L{CollectorTuning}.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 from typing import Any, Dict
 
@@ -17,6 +18,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import ROOT, connect, cookieValue, freePort, spawnDaemon, waitFor
+from tests.ports import accepts
 from tests.redis_server import startRedis
 from tests.test_cluster import HANDLER, ask, askUntil
 from wsglue.process.workers import FAMILY_VARIABLE, FD_VARIABLE, AdoptedEndpoint, adoptable, workerEndpoint
@@ -249,6 +251,30 @@ class WorkerPoolTests(TestCase):
             self.assertIn(f"worker {index} (pid {pid}) stopped (status 0)", self.parent.output)
 
     @inlineCallbacks
+    def test_sighupIgnored(self) -> Any:
+        """
+        SIGHUP, to the parent and to each worker (as a closed terminal sends
+        it to them all), is logged and ignored: every worker goes on
+        serving, none is restarted, and SIGTERM then stops them all with
+        exit status 0.
+        """
+        clients = yield self.clientsOnEveryWorker()
+        self.parent.signal("HUP")
+        for pid in self.workers.values():
+            os.kill(pid, signal.SIGHUP)
+        yield waitFor(lambda: self.parent.output.count("received SIGHUP, ignored") >= 3, timeout=15)
+        for pid in self.workers.values():
+            self.assertIn(f"[worker {pid}] received SIGHUP, ignored", self.parent.output)
+        for pid, client in clients.items():
+            self.assertEqual((yield ask(client, "pid")), f"pid {pid}")
+        self.assertEqual(workerPids(self.parent.output), self.workers)
+        self.parent.signal("TERM")
+        codes = yield defer.gatherResults([c.closed for c in clients.values()])
+        self.assertEqual([code for code, reason in codes], [1001, 1001])
+        yield waitFor(lambda: self.parent.ended.called, timeout=15)
+        self.assertEqual(self.parent.ended.result, 0, self.parent.output)
+
+    @inlineCallbacks
     def test_parentKilledWorkersFollow(self) -> Any:
         """
         If the parent dies without stopping its workers (SIGKILL), they
@@ -277,6 +303,29 @@ class WorkerStartTests(TestCase):
         yield waitFor(lambda: daemon.ended.called, timeout=20)
         self.assertEqual(daemon.ended.result, 2)
         self.assertEqual(daemon.output.strip(), "wsglue: error: --workers 2 > 1 requires --redis")
+
+    @inlineCallbacks
+    def test_sigtermWhileStarting(self) -> Any:
+        """
+        A SIGTERM sent to the parent the moment its port accepts, while it
+        is still starting its workers, is the normal stop: the workers
+        started so far are stopped (no orphan) and the parent exits 0.
+        Tried several times, to hit the moment.
+        """
+        redis = yield startRedis(self)
+        for attempt in range(3):
+            port = freePort()
+            parent = spawnDaemon(self, [
+                "--port", f"tcp:{port}:interface=127.0.0.1", "--redis", redis.url,
+                "--workers", "2", "--broadcast-interval", "0",
+            ])
+            yield waitFor(lambda: accepts(port) or parent.ended.called, timeout=30, interval=0.002)
+            parent.signal("TERM")
+            yield waitFor(lambda: parent.ended.called, timeout=30)
+            self.assertEqual(parent.ended.result, 0, f"attempt {attempt}:\n{parent.output}")
+            pids = list(workerPids(parent.output).values())
+            yield waitFor(lambda: not any(alive(p) for p in pids), timeout=15)
+            self.assertNotIn("Traceback", parent.output)
 
     @inlineCallbacks
     def test_glueTac(self) -> Any:

@@ -5,7 +5,7 @@ wires the parts of the service together and turns the speed levers on.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -70,13 +70,28 @@ def buildHandler(options: Dict[str, Any], registry: SessionRegistry) -> Any:
         )
 
 
-def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
+def makeService(
+    options: Dict[str, Any], reactor: Any = None, bindNow: Optional[bool] = None
+) -> MultiService:
     """
     Build the wsglue service: the listening WebSocket/HTTP service and the
     demo broadcast timer, with the speed levers that C{options} chose.
+
+    @param reactor: the reactor to run on; C{None} under twistd, which
+        makes SIGTERM and SIGINT graceful stops and SIGHUP a logged no-op
+        (L{wsglue.process.service.stopCleanlyOnSignals}).
+    @param bindNow: install that signal handling and bind the port now,
+        before twistd daemonizes (it does so after building the service):
+        a port that cannot be bound is then one line on the terminal that
+        started twistd (L{CannotListen}, exit status 1) instead of twistd's
+        100-byte report through its status pipe.  By default, when twistd
+        runs the C{wsglue} plugin (C{options} has twistd's options as its
+        C{parent}); C{glue.tac} passes C{True}.
     """
     # Under twistd (no reactor given) SIGTERM and SIGINT are graceful stops.
     handleSignals = reactor is None
+    if bindNow is None:
+        bindNow = handleSignals and getattr(options, "parent", None) is not None
     if reactor is None:
         from twisted.internet import reactor
     levers: Levers = options.get("levers") or Levers.current()
@@ -100,6 +115,8 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
         top = MultiService()
         pool.setServiceParent(top)
         levers.apply(top=top, ownProcess=handleSignals)
+        if bindNow:
+            pool.bind()
         return top
 
     from wsglue.process.workers import watchParent, workerEndpoint
@@ -187,6 +204,8 @@ def makeService(options: Dict[str, Any], reactor: Any = None) -> MultiService:
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
     top.levers = levers  # type: ignore[attr-defined]
+    if bindNow:
+        listener.bind()
     return top
 
 

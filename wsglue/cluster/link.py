@@ -105,7 +105,7 @@ class TxRedisLink:
             from twisted.internet.ssl import optionsForClientTLS
 
             endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
-        return _ReportFailures(endpoint, self._connectFailed)
+        return _ReportFailures(endpoint, self._connectFailed, f"Redis at {self.url}")
 
     def _connectFailed(self, reason: Any) -> None:
         if self.registry is None or self._commands is None or self._commands.stopped:
@@ -200,9 +200,15 @@ class _ReportFailures:
     ClientService retries with no word beyond Twisted's C{Scheduling retry}.
     """
 
-    def __init__(self, endpoint: Any, onFailure: Callable[[Any], None]) -> None:
+    def __init__(self, endpoint: Any, onFailure: Callable[[Any], None], name: str) -> None:
         self.endpoint = endpoint
         self.onFailure = onFailure
+        self.name = name
+
+    def __repr__(self) -> str:
+        # As ClientService names it: "Scheduling retry 1 to connect Redis at
+        # redis://host:6379/0 in 1.1 seconds."
+        return self.name
 
     def connect(self, factory: Any) -> Deferred:
         def failed(reason: Any) -> Any:

@@ -1,6 +1,8 @@
 """
 The listening service: binds the endpoint, says where it listens, and on stop
 closes every WebSocket with 1001 (going away) before the process exits.
+Under twistd, SIGTERM and SIGINT are that stop from before the port is bound,
+and SIGHUP is logged and ignored (L{stopCleanlyOnSignals}).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any, Callable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,9 +25,12 @@ _log = Logger()
 class CannotListen(SystemExit, Exception):
     """
     The endpoint could not be bound.  A L{SystemExit}, so that twistd exits
-    non-zero with this one line rather than a traceback; and an
-    L{Exception}, so that a daemonizing twistd (no C{-n}) catches it and
-    tells the process that started it, which would otherwise wait for ever.
+    non-zero with this one line rather than a traceback (under twistd the
+    port is bound while the service is built, before twistd daemonizes: the
+    line goes to the terminal that started it); and an L{Exception}, so that
+    a daemonizing twistd that binds later (a service built otherwise)
+    catches it and tells the process that started it, which would otherwise
+    wait for ever.
     """
 
 
@@ -50,26 +56,60 @@ def describeAddress(port: IListeningPort, secure: bool) -> str:
     return f"{scheme}://{host}:{address.port}"
 
 
-def stopCleanlyOnSignals(reactor: Any, doing: str = "shutting down") -> None:
+def stopCleanlyOnSignals(
+    reactor: Any, doing: str = "shutting down", onStop: Optional[Callable[[], Any]] = None
+) -> None:
     """
-    Make SIGTERM and SIGINT stop C{reactor} as a clean exit.
+    From now on, make SIGTERM and SIGINT stop C{reactor} as a clean exit,
+    and SIGHUP a logged no-op.
 
-    The reactor's own handlers make twistd re-raise the signal once it has
-    shut down, so the process dies of SIGTERM.  A graceful stop that closed
-    every connection with 1001 is a clean exit: status 0.  Call it once the
-    reactor runs (it installs its handlers at start-up).
+    Call it before the port is bound (L{WebSocketService.bind}), so that a
+    signal at any moment after the port accepts leads to the normal stop:
+    every WebSocket closed with 1001, exit status 0.  A signal that arrives
+    before the reactor runs stops it as soon as it does.
+
+    Twisted's own handlers, which the reactor installs as it starts
+    running, would make twistd re-raise the signal once it has shut down,
+    so that the process dies of SIGTERM: the reactor is given these as its
+    C{sigTerm} and C{sigInt}, so that the ones it installs are wsglue's.
+
+    SIGHUP (a closed terminal, a C{kill -HUP} meant to reload) would kill
+    the process at once, pid file left behind, connections dropped: it is
+    logged (C{received SIGHUP, ignored}) and ignored.
+
+    @param onStop: called (in the signal handler) when a stop is asked for,
+        before the reactor stops: the parent of C{--workers} starts no more
+        workers from then on.
     """
 
-    def stopReactor() -> None:
-        if reactor.running:
+    def stopReactor(name: str) -> None:
+        _log.info("received {name}, {doing}", name=name, doing=doing)
+        try:
             reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping
 
-    def onSignal(signum: int, frame: Any) -> None:
-        _log.info("received {name}, {doing}", name=signal.Signals(signum).name, doing=doing)
-        reactor.callFromThread(stopReactor)
+    def onSignal(signum: int, frame: Any = None) -> None:
+        if onStop is not None:
+            onStop()
+        # Logged and acted on in the reactor's thread, not inside whatever
+        # the signal interrupted; before the reactor runs, once it does.
+        reactor.callFromThread(stopReactor, signal.Signals(signum).name)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, onSignal)
+    def onHangup(signum: int, frame: Any = None) -> None:
+        reactor.callFromThread(_log.info, "received SIGHUP, ignored")
+
+    def install() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, onSignal)
+        signal.signal(signal.SIGHUP, onHangup)
+
+    install()
+    # ReactorBase installs self.sigTerm and self.sigInt as it starts running.
+    reactor.sigTerm = onSignal
+    reactor.sigInt = onSignal
+    # And should a reactor install others, ours again once it runs.
+    reactor.callWhenRunning(install)
 
 
 class WebSocketService(Service):
@@ -80,6 +120,7 @@ class WebSocketService(Service):
     """
 
     port: Optional[IListeningPort] = None
+    _signalsHandled = False
 
     def __init__(
         self,
@@ -105,9 +146,26 @@ class WebSocketService(Service):
         # writes lever switches its transports).
         self.onListening: List[Callable[[IListeningPort], Any]] = []
 
-    def privilegedStartService(self) -> None:
-        # Bind before privileges are shed (ports below 1024) and before the
-        # reactor runs, so a port that cannot be bound ends start-up at once.
+    def bind(self) -> None:
+        """
+        Install the signal handling (with C{handleSignals}), then bind the
+        endpoint, unless it is bound already.
+
+        Called by L{privilegedStartService}: before privileges are shed
+        (ports below 1024) and before the reactor runs, so a port that
+        cannot be bound ends start-up at once.  Under twistd,
+        L{wsglue.tap.makeService} calls it earlier still, before twistd
+        daemonizes, so that the error is said on the terminal that started
+        it.
+
+        @raise CannotListen: if the endpoint cannot be bound.
+        """
+        if self.port is not None:
+            return
+        if self.handleSignals and not self._signalsHandled:
+            # Before the port accepts: a SIGTERM from then on is a clean stop.
+            stopCleanlyOnSignals(self.reactor)
+            self._signalsHandled = True
         results: list = []
         self.endpoint.listen(self.site).addBoth(results.append)
         if not results:
@@ -120,11 +178,14 @@ class WebSocketService(Service):
         self.port = result
         for hook in self.onListening:
             hook(result)
+
+    def privilegedStartService(self) -> None:
+        self.bind()
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
         if self.port is None:
-            self.privilegedStartService()
+            self.bind()
         Service.startService(self)
         secure = self.description.startswith(("ssl:", "tls:"))
         if self.announce:
@@ -134,8 +195,6 @@ class WebSocketService(Service):
             )
         else:
             _log.info("accepting connections at {url}", url=describeAddress(self.port, secure))
-        if self.handleSignals:
-            self.reactor.callWhenRunning(stopCleanlyOnSignals, self.reactor)
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -7,7 +7,9 @@ The parent serves no connection itself.  It says where it listens, starts
 the workers (C{twistd -n wsglue} with the parent's own options, told by two
 environment variables which inherited file descriptor to adopt), relays
 their log lines, restarts a worker that dies (with backoff), and on SIGTERM
-or SIGINT stops them all (each closes its WebSockets with 1001) and exits 0.
+or SIGINT stops them all (each closes its WebSockets with 1001) and exits 0:
+from the moment its port is bound, while it is still starting workers
+included.  SIGHUP is logged and ignored, by the parent and by each worker.
 
 A worker watches its standard input, a pipe from the parent: if the parent
 dies without stopping it, the pipe closes and the worker stops too.
@@ -216,6 +218,7 @@ class WorkerPool(Service):
     """
 
     port: Optional[IListeningPort] = None
+    _signalsHandled = False
     stopTimeout = 10.0
     maxRestartDelay = 30.0
 
@@ -241,9 +244,22 @@ class WorkerPool(Service):
         self._restarts: Dict[int, Any] = {}
         self._stopping = False
 
-    def privilegedStartService(self) -> None:
-        # Bind before privileges are shed and before the reactor runs, so a
-        # port that cannot be bound ends start-up at once, as without workers.
+    def bind(self) -> None:
+        """
+        Install the signal handling (with C{handleSignals}), then bind the
+        endpoint, unless it is bound already: as L{WebSocketService.bind}.
+
+        A SIGTERM or SIGINT from then on, while the workers are being
+        started included, starts no more of them and stops those started so
+        far (L{stopService}).
+
+        @raise CannotListen: if the endpoint cannot be bound.
+        """
+        if self.port is not None:
+            return
+        if self.handleSignals and not self._signalsHandled:
+            stopCleanlyOnSignals(self.reactor, "stopping the workers", self._stopRequested)
+            self._signalsHandled = True
         results: list = []
         self.endpoint.listen(_NoConnections()).addBoth(results.append)
         if not results or isinstance(results[0], Failure):
@@ -252,11 +268,21 @@ class WorkerPool(Service):
         self.port = results[0]
         # The parent only holds the socket; the workers accept.
         self.port.stopReading()
+
+    def _stopRequested(self) -> None:
+        # From the signal handler: no worker is started from now on; the
+        # reactor's stop then runs stopService, which stops those running.
+        self._stopping = True
+
+    def privilegedStartService(self) -> None:
+        # Bind before privileges are shed and before the reactor runs, so a
+        # port that cannot be bound ends start-up at once, as without workers.
+        self.bind()
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
         if self.port is None:
-            self.privilegedStartService()
+            self.bind()
         Service.startService(self)
         secure = self.description.startswith(("ssl:", "tls:"))
         _log.info(
@@ -266,8 +292,6 @@ class WorkerPool(Service):
         )
         for index in range(1, self.count + 1):
             self._spawn(index)
-        if self.handleSignals:
-            self.reactor.callWhenRunning(stopCleanlyOnSignals, self.reactor, "stopping the workers")
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
