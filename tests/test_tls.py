@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Dict, List
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from tests.common import CollectOutput, connect, makeCertificate, serve
+from tests.common import CollectOutput, connect, makeCertificate, rawConnect, serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -60,6 +62,33 @@ class TLSTests(TestCase):
             "--port",
             f"ssl:0:interface=127.0.0.1:privateKey={self.keyPath}:certKey={self.certPath}",
         )
+
+    @inlineCallbacks
+    def test_plainHttpToTlsPortQuiet(self) -> None:
+        """
+        Plain HTTP requests to the TLS port (a scanner, a wrong URL) are
+        dropped without an error line each: at most one rate-limited
+        warning, the drops counted, and a real client still served.
+        """
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        n = 30
+        for _ in range(n):
+            peer = yield rawConnect(self, self.running.port)
+            peer.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            yield peer.lost
+        errors = [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+        self.assertEqual(errors, [], [formatEvent(e) for e in errors])
+        tls = [e for e in events if "TLS error" in (e.get("log_format") or "")]
+        self.assertLessEqual(len(tls), 1)
+        if self.running.service.levers.on:
+            # The connection starts as the WebSocket protocol, which sees
+            # the TLS error (without the lever, twisted.web's channel does).
+            self.assertEqual(self.running.factory.counters["dropped_tls_error"], n)
+        client = yield connect(self, self.running.port, trust=self.pem, hostname="localhost")
+        client.send("ping")
+        self.assertEqual((yield client.nextMessage()), "pong")
 
     @inlineCallbacks
     def test_wssPongAndSecureCookie(self) -> None:

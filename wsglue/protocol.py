@@ -22,16 +22,25 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsglue.admission import Admission
 from wsglue.cookies import SessionCookies, shortId
+from wsglue.counters import RateLimitedWarning
 from wsglue.handlers import HandlerAdapter, PingPong
 from wsglue.limits import Limits, TokenBucket
 from wsglue.origin import OriginPolicy
 from wsglue.registry import Message, SessionRegistry, forLog, prepare
 
 _log = Logger()
+
+try:
+    from OpenSSL.SSL import Error as _TLSError
+except ImportError:  # pragma: no cover (Twisted[tls] installs pyOpenSSL)
+    _TLSError = ()  # type: ignore[assignment,misc]
 
 STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
@@ -121,6 +130,26 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if self.factory.limits.maxSendBuffer:
             self._flow = SendFlow()
             self.registerProducer(self._flow, True)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        A TLS error (a plain-HTTP request, garbage or a scanner on a C{ssl:}
+        port) is counted (C{dropped_tls_error}) and logged at most once per
+        10 seconds, instead of the error line Autobahn logs for each.
+        """
+        value = reason.value
+        if isinstance(value, _TLSError):
+            factory: GlueServerFactory = self.factory
+            total = factory.counters.add("dropped_tls_error")
+            factory.warn(
+                "tls",
+                "TLS error from a peer, connection dropped: {why}"
+                " ({suppressed} more since the last warning, {total} in all)",
+                why=str(value)[:200],
+                total=total,
+            )
+            reason = Failure(ConnectionLost(f"TLS error: {value}"))
+        WebSocketServerProtocol.connectionLost(self, reason)
 
     # -- traffic ------------------------------------------------------------
 
@@ -296,6 +325,10 @@ class GlueServerFactory(WebSocketServerFactory):
         self.origins = origins if origins is not None else OriginPolicy()
         self.limits = limits if limits is not None else Limits(clock=self.reactor)
         self.trustProxy = trustProxy
+        # The daemon's counters (shared with the limits) and its warnings
+        # for events that can come by the thousand.
+        self.counters = self.limits.counters
+        self.warn = RateLimitedWarning(self.reactor, 10.0, _log)
         self.admission = Admission(self.cookies, self.origins, self.limits, trustProxy)
         # An application handler already built (by makeService), or one
         # built here from handlerFactory.
