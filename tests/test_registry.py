@@ -11,7 +11,7 @@ from autobahn.websocket.protocol import PreparedMessage
 from twisted.trial.unittest import SynchronousTestCase
 
 from wsglue import registry as registryModule
-from wsglue.registry import SessionRegistry, prepare
+from wsglue.registry import SessionRecord, SessionRegistry, prepare
 
 A = "a" * 40
 B = "b" * 40
@@ -153,6 +153,43 @@ class MembershipTests(SynchronousTestCase):
         self.registry.add(A, one)
         self.registry.connections(A).clear()
         self.assertEqual(self.registry.connections(A), [one])
+
+
+class RecordTests(SynchronousTestCase):
+    """
+    The L{SessionRecord}: one per session while it has a connection here.
+    """
+
+    def test_oneRecordForTabs(self) -> None:
+        """
+        Two tabs of a session share one record, which lists both in the
+        order they opened; it is gone, and a new one made, once the last
+        closes and the session comes back.
+        """
+        registry = SessionRegistry()
+        a, b = FakeConnection(), FakeConnection()
+        self.assertIsNone(registry.record("s1"))
+        registry.add("s1", a)
+        record = registry.record("s1")
+        assert record is not None
+        self.assertIsInstance(record, SessionRecord)
+        self.assertEqual(record.sid, "s1")
+        self.assertIsNone(record.state)
+        registry.add("s1", b)
+        self.assertIs(registry.record("s1"), record)
+        self.assertEqual(list(record), [a, b])
+        registry.remove("s1", a)
+        self.assertIs(registry.record("s1"), record)
+        registry.remove("s1", b)
+        self.assertIsNone(registry.record("s1"))
+        registry.add("s1", a)
+        self.assertIsNot(registry.record("s1"), record)
+
+    def test_recordIsSmall(self) -> None:
+        """
+        A record adds no instance dictionary to the connections' mapping.
+        """
+        self.assertFalse(hasattr(SessionRecord("s"), "__dict__"))
 
 
 class SendTests(SynchronousTestCase):

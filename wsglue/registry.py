@@ -8,7 +8,7 @@ add and remove themselves, and application handlers use it to reach browsers
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Protocol, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Union
 
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
@@ -72,6 +72,38 @@ def prepare(message: Message) -> PreparedMessage:
     raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
 
 
+class SessionRecord(Dict[IConnection, None]):
+    """
+    What the registry holds for one session in this process: its open
+    connections (the record is a C{dict} of them, in the order they opened,
+    so sends walk it directly) and the session's own state.
+
+    It exists exactly while the session has a connection here.  It is the
+    home of what belongs to a session rather than to one connection: its
+    message history and its presence are to live here.
+
+    @ivar sid: the session id.
+    @ivar state: per-session values for the parts of wsglue that keep any
+        (C{None} until one does, so an idle session costs nothing more).
+    """
+
+    __slots__ = ("sid", "state")
+
+    def __init__(self, sid: str) -> None:
+        dict.__init__(self)
+        self.sid = sid
+        self.state: Optional[Dict[str, Any]] = None
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __repr__(self) -> str:
+        return f"<SessionRecord {shortId(self.sid)}: {len(self)} connections>"
+
+
 class SessionRegistry:
     """
     Sessions and their open connections, in this process.
@@ -82,9 +114,10 @@ class SessionRegistry:
     """
 
     def __init__(self) -> None:
-        # sid -> {connection: None}; a dict keeps insertion order, so sends
-        # reach the connections of a session in the order they opened.
-        self._sessions: Dict[str, Dict[IConnection, None]] = {}
+        # sid -> its record: {connection: None}; a dict keeps insertion
+        # order, so sends reach the connections of a session in the order
+        # they opened.
+        self._sessions: Dict[str, SessionRecord] = {}
         self._count = 0
         # --verbose: log what goes out through send and broadcast.
         self.verbose = False
@@ -97,7 +130,7 @@ class SessionRegistry:
         conns = self._sessions.get(sid)
         isNew = conns is None
         if conns is None:
-            conns = self._sessions[sid] = {}
+            conns = self._sessions[sid] = SessionRecord(sid)
         if conn not in conns:
             conns[conn] = None
             self._count += 1
@@ -178,6 +211,13 @@ class SessionRegistry:
         for conn in conns:
             conn.close(code, reason)
         return len(conns)
+
+    def record(self, sid: str) -> Optional[SessionRecord]:
+        """
+        The L{SessionRecord} of session C{sid}, or C{None} while it has no
+        connection in this process.
+        """
+        return self._sessions.get(sid)
 
     def sessions(self) -> List[str]:
         """
