@@ -100,8 +100,9 @@ class Child:
 
     _TAIL = 65536
 
-    def __init__(self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
-                 stdin: bool = False) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, stdin: bool = False
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.lines: "queue.Queue[str]" = queue.Queue()
@@ -193,8 +194,12 @@ class Loader(Child):
     """
 
     def __init__(self, port: int, source: str) -> None:
-        Child.__init__(self, f"loader@{source}", ["node", os.path.join(LOAD, "loader.js"),
-                                                  "127.0.0.1", str(port), source], stdin=True)
+        Child.__init__(
+            self,
+            f"loader@{source}",
+            ["node", os.path.join(LOAD, "loader.js"), "127.0.0.1", str(port), source],
+            stdin=True,
+        )
         self.source = source
         self.pending: List[Dict[str, Any]] = []
         self.held = 0
@@ -347,9 +352,11 @@ def ensureNodeModules(folder: str) -> None:
     if shutil.which("npm") is None:
         raise BenchError("npm is needed for the bench (Node peer and load generators)")
     subprocess.run(
-        ["npm", "install", "--prefix", folder, "--no-audit", "--no-fund", "--no-package-lock",
-         "--loglevel=error"],
-        check=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL,
+        ["npm", "install", "--prefix", folder, "--no-audit", "--no-fund", "--no-package-lock", "--loglevel=error"],
+        check=True,
+        timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -381,22 +388,44 @@ class Server:
                 env["WSGLUE_NO_LEVERS"] = "1"
             # The cluster's workers are started by wsglue with its own
             # sys.executable, so they run under this Python too.
-            argv = [config.pythons.get(name, sys.executable), "-c", TWISTD, "--pidfile=", "-n", "wsglue",
-                    "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
-                    "--handler", config.handler, "--broadcast-interval", "0",
-                    "--ping-interval", "0"]
+            argv = [
+                config.pythons.get(name, sys.executable),
+                "-c",
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "wsglue",
+                "--port",
+                f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
+                "--handler",
+                config.handler,
+                "--broadcast-interval",
+                "0",
+                "--ping-interval",
+                "0",
+            ]
             if kind(name) == CLUSTER:
                 redisPort = freePort()
-                redis = Child("redis", ["redis-server", "--port", str(redisPort), "--bind",
-                                        "127.0.0.1", "--save", "", "--appendonly", "no"])
+                redis = Child(
+                    "redis",
+                    [
+                        "redis-server",
+                        "--port",
+                        str(redisPort),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                )
                 self.extra.append(redis)
                 redis.waitForLine("Ready to accept connections", 20)
-                argv += ["--workers", str(config.workers),
-                         "--redis", f"redis://127.0.0.1:{redisPort}/0"]
+                argv += ["--workers", str(config.workers), "--redis", f"redis://127.0.0.1:{redisPort}/0"]
             ready = "started websocket server at"
         elif name == "websockets":
-            argv = [sys.executable, os.path.join(BENCH, "peers", "websockets_peer.py"),
-                    str(self.port), "127.0.0.1"]
+            argv = [sys.executable, os.path.join(BENCH, "peers", "websockets_peer.py"), str(self.port), "127.0.0.1"]
             ready = "listening on"
         elif name == "node":
             argv = ["node", os.path.join(NODE_PEER, "server.js"), str(self.port), "127.0.0.1"]
@@ -458,8 +487,7 @@ class Session:
         self.server = server
         self.config = config
         self.rep = rep
-        biggest = max([config.idle, *config.broadcast,
-                       *(config.big if kind(server.name) == CLUSTER else [])])
+        biggest = max([config.idle, *config.broadcast, *(config.big if kind(server.name) == CLUSTER else [])])
         count = max(config.loaders, -(-biggest // PER_PROCESS))
         self.loaders: List[Loader] = []
         network = next(_NETWORKS, 0)
@@ -584,8 +612,23 @@ class Session:
         os.makedirs(self.config.profile, exist_ok=True)
         pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         out = os.path.join(self.config.profile, f"{label}-r{self.rep}.txt")
-        child = Child("py-spy", [pyspy, "record", "--format", "raw", "--subprocesses", "--nonblocking",
-                                 "--rate", "200", "-o", out, "--pid", str(self.server.child.pid)])
+        child = Child(
+            "py-spy",
+            [
+                pyspy,
+                "record",
+                "--format",
+                "raw",
+                "--subprocesses",
+                "--nonblocking",
+                "--rate",
+                "200",
+                "-o",
+                out,
+                "--pid",
+                str(self.server.child.pid),
+            ],
+        )
         time.sleep(0.5)  # let py-spy attach before the phase starts
         return child
 
@@ -639,15 +682,11 @@ class Session:
             if size in config.broadcast:
                 self.broadcast(size, f"bcast{size}")
         self.figures["handshake_failures"] = self.failures
-        self.figures["handshakes_per_s"] = (
-            self.handshakes / self.handshakeTime if self.handshakeTime else None
-        )
+        self.figures["handshakes_per_s"] = self.handshakes / self.handshakeTime if self.handshakeTime else None
         # CPU shares over the ramps only, weighted by how long each took.
         wall = sum(w for w, _ in self.rampCpu)
         for key in ("server_cpu_pct", "load_cpu_pct"):
-            self.figures[f"ramp_{key}"] = (
-                sum(w * shares[key] for w, shares in self.rampCpu) / wall if wall else None
-            )
+            self.figures[f"ramp_{key}"] = sum(w * shares[key] for w, shares in self.rampCpu) / wall if wall else None
         if kind(self.server.name) == CLUSTER:
             for size in config.big:
                 before, spent = self.handshakes, self.handshakeTime
@@ -656,8 +695,7 @@ class Session:
                     self.rampTo(size)
                 self.figures[f"big{size}_handshake_failures"] = self.failures - failures
                 self.figures[f"big{size}_handshakes_per_s"] = (
-                    (self.handshakes - before) / (self.handshakeTime - spent)
-                    if self.handshakeTime > spent else None
+                    (self.handshakes - before) / (self.handshakeTime - spent) if self.handshakeTime > spent else None
                 )
                 self.idle(f"big{size}", baseline)
                 self.broadcast(size, f"bcast{size}")
@@ -674,9 +712,11 @@ class Session:
 # -- reporting ----------------------------------------------------------------
 
 
-WHICH = ("import json, platform, twisted, autobahn; print(json.dumps({'python': "
-         "platform.python_version(), 'implementation': platform.python_implementation(), "
-         "'twisted': twisted.__version__, 'autobahn': autobahn.__version__}))")
+WHICH = (
+    "import json, platform, twisted, autobahn; print(json.dumps({'python': "
+    "platform.python_version(), 'implementation': platform.python_implementation(), "
+    "'twisted': twisted.__version__, 'autobahn': autobahn.__version__}))"
+)
 
 
 def machine(pythons: Dict[str, str]) -> Dict[str, Any]:
@@ -697,8 +737,7 @@ def machine(pythons: Dict[str, str]) -> Dict[str, Any]:
     except OSError:
         pass
     try:
-        info["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True,
-                                      timeout=10).stdout.strip()
+        info["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
     for module in ("twisted", "autobahn", "websockets"):
@@ -709,8 +748,9 @@ def machine(pythons: Dict[str, str]) -> Dict[str, Any]:
     info["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     for python in sorted(set(pythons.values())):
         try:
-            info.setdefault("wsglue_pythons", {})[python] = json.loads(subprocess.run(
-                [python, "-c", WHICH], capture_output=True, text=True, timeout=30).stdout)
+            info.setdefault("wsglue_pythons", {})[python] = json.loads(
+                subprocess.run([python, "-c", WHICH], capture_output=True, text=True, timeout=30).stdout
+            )
         except (OSError, ValueError, subprocess.TimeoutExpired):
             info.setdefault("wsglue_pythons", {})[python] = None
     return info
@@ -720,20 +760,30 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
     """
     The name of every figure a run of C{server} produces with C{config}.
     """
-    names = ["handshakes_per_s", "handshake_failures", "idle_sessions", "idle_kib_per_session",
-             "ramp_server_cpu_pct", "ramp_load_cpu_pct"]
-    bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients",
-             "server_cpu_pct", "load_cpu_pct"]
+    names = [
+        "handshakes_per_s",
+        "handshake_failures",
+        "idle_sessions",
+        "idle_kib_per_session",
+        "ramp_server_cpu_pct",
+        "ramp_load_cpu_pct",
+    ]
+    bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients", "server_cpu_pct", "load_cpu_pct"]
     for size in config.broadcast:
         names += [f"bcast{size}_{k}" for k in bcast]
     if kind(server) == CLUSTER:
         for size in config.big:
-            names += [f"big{size}_sessions", f"big{size}_kib_per_session",
-                      f"big{size}_handshakes_per_s", f"big{size}_handshake_failures"]
+            names += [
+                f"big{size}_sessions",
+                f"big{size}_kib_per_session",
+                f"big{size}_handshakes_per_s",
+                f"big{size}_handshake_failures",
+            ]
             names += [f"bcast{size}_{k}" for k in bcast]
     for n in config.echo:
-        names += [f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms",
-                                         "server_cpu_pct", "load_cpu_pct")]
+        names += [
+            f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct")
+        ]
     return names
 
 
@@ -752,8 +802,7 @@ def formatTable(figures: Dict[str, Dict[str, Any]], servers: Sequence[str]) -> s
     names: List[str] = []
     for server in servers:
         names += [k for k in figures[server] if k not in names]
-    header = ["figure", *servers] + [f"{s}/{REFERENCE}" for s in servers
-                                      if s != REFERENCE and REFERENCE in servers]
+    header = ["figure", *servers] + [f"{s}/{REFERENCE}" for s in servers if s != REFERENCE and REFERENCE in servers]
     rows = [header]
 
     def fmt(v: Any) -> str:
@@ -776,8 +825,9 @@ def formatTable(figures: Dict[str, Dict[str, Any]], servers: Sequence[str]) -> s
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for i, row in enumerate(rows):
-        lines.append("| " + " | ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
-                                       for j, c in enumerate(row)) + " |")
+        lines.append(
+            "| " + " | ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)) + " |"
+        )
         if i == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
@@ -793,14 +843,18 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
-    p.add_argument("--wsglue-tree", action="append", default=[], metavar="LABEL=PATH",
-                   help="add the servers wsglue-LABEL and wsglue-cluster-LABEL, running the wsglue "
-                        "checkout at PATH (to compare two trees in one run; repeatable)")
+    p.add_argument(
+        "--wsglue-tree",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="add the servers wsglue-LABEL and wsglue-cluster-LABEL, running the wsglue "
+        "checkout at PATH (to compare two trees in one run; repeatable)",
+    )
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--idle", type=int, default=10000, help="idle sessions held for KiB/session")
     p.add_argument("--broadcast", type=counts, default=[1000, 10000], help="fan-out sizes")
-    p.add_argument("--big", type=counts, default=[100000],
-                   help="sessions held and broadcast to by wsglue-cluster only")
+    p.add_argument("--big", type=counts, default=[100000], help="sessions held and broadcast to by wsglue-cluster only")
     p.add_argument("--echo", type=counts, default=[100, 1000], help="echo connection counts")
     p.add_argument("--seconds", type=float, default=5.0, help="echo measuring time")
     p.add_argument("--warmup", type=float, default=1.0, help="echo warm-up time")
@@ -820,15 +874,24 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # 16.1k-17.2k files at the peak) stays well under the 20,000 files a
     # process may hold.  On two cores every process more costs CPU per
     # handshake (8 workers: 157-178 us, 6: 144-154 us; see the README).
-    p.add_argument("--workers", type=int, default=6,
-                   help="wsglue-cluster's --workers (each process holds < 20,000 files)")
-    p.add_argument("--handler", default="bench.handler:Bench",
-                   help="wsglue's --handler (importable with the repository on PYTHONPATH)")
-    p.add_argument("--wsglue-python", metavar="[LABEL=]PATH", action="append", default=[],
-                   help="run wsglue and wsglue-cluster under the Python at PATH (a virtualenv "
-                        "with wsglue's dependencies; the repository goes on its PYTHONPATH); "
-                        "with LABEL=, keep them and add the servers wsglue-LABEL and "
-                        "wsglue-cluster-LABEL instead (repeatable)")
+    p.add_argument(
+        "--workers", type=int, default=6, help="wsglue-cluster's --workers (each process holds < 20,000 files)"
+    )
+    p.add_argument(
+        "--handler",
+        default="bench.handler:Bench",
+        help="wsglue's --handler (importable with the repository on PYTHONPATH)",
+    )
+    p.add_argument(
+        "--wsglue-python",
+        metavar="[LABEL=]PATH",
+        action="append",
+        default=[],
+        help="run wsglue and wsglue-cluster under the Python at PATH (a virtualenv "
+        "with wsglue's dependencies; the repository goes on its PYTHONPATH); "
+        "with LABEL=, keep them and add the servers wsglue-LABEL and "
+        "wsglue-cluster-LABEL instead (repeatable)",
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
@@ -884,10 +947,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             server = Server(name, config)
             # Recorded as a user would type it: twistd's entry point is run
             # with this Python so that it uses this checkout.
-            twistd = ("twistd" if server.argv[0] == sys.executable
-                      else os.path.join(os.path.dirname(server.argv[0]), "twistd"))
-            commands[name] = ([twistd, *server.argv[3:]] if server.argv[1:3] == ["-c", TWISTD]
-                              else list(server.argv))
+            twistd = (
+                "twistd"
+                if server.argv[0] == sys.executable
+                else os.path.join(os.path.dirname(server.argv[0]), "twistd")
+            )
+            commands[name] = [twistd, *server.argv[3:]] if server.argv[1:3] == ["-c", TWISTD] else list(server.argv)
             session = None
             try:
                 session = Session(server, config, rep)
@@ -897,8 +962,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     session.stop()
                 server.stop()
             runs.append({"repetition": rep, "server": name, "figures": figures})
-    figures = {name: medians([r["figures"] for r in runs if r["server"] == name])
-               for name in config.servers}
+    figures = {name: medians([r["figures"] for r in runs if r["server"] == name]) for name in config.servers}
     ratios: Dict[str, Dict[str, Optional[float]]] = {}
     if REFERENCE in figures:
         for name in config.servers:

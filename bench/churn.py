@@ -131,8 +131,6 @@ def churn(reactor: Any, port: int, cycles: int, parallel: int = 8) -> Any:
     return done[0]
 
 
-
-
 def sessionBalance(output: str) -> int:
     """
     Sessions opened minus sessions closed, from the daemon's log.
@@ -199,8 +197,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         process = reactor.spawnProcess(
             daemon,
             sys.executable,
-            [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
-             "--port", f"tcp:{port}:interface=127.0.0.1", "--broadcast-interval", "0"],
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "wsglue",
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--broadcast-interval",
+                "0",
+            ],
             env=env,
             path=ROOT,
         )
@@ -213,8 +221,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 yield deferLater(reactor, 0.01, lambda: None)
             started = reactor.seconds()
             figures = yield measure(
-                reactor, port, process.pid, lambda: daemon.output.decode("utf-8", "replace"),
-                args.cycles, args.warmup, args.parallel,
+                reactor,
+                port,
+                process.pid,
+                lambda: daemon.output.decode("utf-8", "replace"),
+                args.cycles,
+                args.warmup,
+                args.parallel,
             )
             figures["seconds"] = round(reactor.seconds() - started, 1)
         finally:

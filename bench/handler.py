@@ -24,6 +24,6 @@ class Bench(PingPong):
 
     def received(self, sid: str, conn: Any, message: Message) -> Optional[str]:
         if isinstance(message, str) and message.startswith(_TRIGGER):
-            self.registry.broadcast(message[len(_TRIGGER):])
+            self.registry.broadcast(message[len(_TRIGGER) :])
             return None
         return PingPong.received(self, sid, conn, message)

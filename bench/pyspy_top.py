@@ -27,8 +27,10 @@ def summarise(path: str) -> Tuple[int, Counter, Counter]:
                 continue
             n = int(count)
             samples += n
-            frames = [frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
-                      for frame in stack.split(";")]
+            frames = [
+                frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                for frame in stack.split(";")
+            ]
             own[frames[-1]] += n
             for frame in set(frames):
                 total[frame] += n

@@ -62,7 +62,11 @@ class Daemon:
         self.log = open(self.logPath, "w+b")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "wsglue", *args],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
         want = "subscribed at" if "--redis" in args else "started websocket server at"
         deadline = time.monotonic() + 30
@@ -100,10 +104,14 @@ def echo(port: int, connections: int, loaders: int, seconds: float, warmup: floa
     procs = []
     try:
         for i in range(loaders):
-            procs.append(subprocess.Popen(
-                ["node", LOADER, "127.0.0.1", str(port), f"127.0.0.{2 + i}"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    ["node", LOADER, "127.0.0.1", str(port), f"127.0.0.{2 + i}"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         shares = [connections // loaders + (1 if i < connections % loaders else 0) for i in range(loaders)]
         for proc, share in zip(procs, shares):
             proc.stdin.write(json.dumps({"cmd": "echo", "n": share, "seconds": seconds, "warmup": warmup}) + "\n")
@@ -144,15 +152,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--loaders", type=int, default=2, help="Node load processes")
     config = p.parse_args(argv)
 
-    setups = [("1 process, no Redis", 1, False), ("--workers 1 --redis", 1, True),
-              ("--workers 2 --redis", 2, True)]
+    setups = [("1 process, no Redis", 1, False), ("--workers 1 --redis", 1, True), ("--workers 2 --redis", 2, True)]
     results: Dict[str, Dict[int, List[Dict[str, Any]]]] = {name: {} for name, _, _ in setups}
     with RedisServer() as redis:
         for _ in range(config.repeat):
             for name, workers, useRedis in setups:  # interleaved: A B C A B C
                 port = freePort()
-                args = ["--port", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-                        "--broadcast-interval", "0", "--ping-interval", "0"]
+                args = [
+                    "--port",
+                    f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                    "--broadcast-interval",
+                    "0",
+                    "--ping-interval",
+                    "0",
+                ]
                 if useRedis:
                     args += ["--redis", redis.url, "--workers", str(workers)]
                 daemon = Daemon(args, workers)
@@ -160,19 +173,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                     for n in config.connections:
                         r = echo(port, n, config.loaders, config.seconds, config.warmup)
                         results[name].setdefault(n, []).append(r)
-                        print(f"{name:22} {n:6} conns: {r['rt_per_s']} rt/s "
-                              f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms", flush=True)
+                        print(
+                            f"{name:22} {n:6} conns: {r['rt_per_s']} rt/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms",
+                            flush=True,
+                        )
                 finally:
                     daemon.stop()
 
-    print(f"\nmedians over {config.repeat} runs, {os.cpu_count()} CPUs, "
-          f"{config.loaders} Node load processes on the same machine:")
+    print(
+        f"\nmedians over {config.repeat} runs, {os.cpu_count()} CPUs, "
+        f"{config.loaders} Node load processes on the same machine:"
+    )
     print(f"{'setup':22} {'conns':>6} {'rt/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     summary: Dict[str, Any] = {}
     for name, _, _ in setups:
         for n, runs in results[name].items():
-            med = {k: statistics.median(r[k] for r in runs if r[k] is not None)
-                   for k in ("rt_per_s", "p50_ms", "p99_ms")}
+            med = {
+                k: statistics.median(r[k] for r in runs if r[k] is not None) for k in ("rt_per_s", "p50_ms", "p99_ms")
+            }
             summary[f"{name} @ {n}"] = med
             print(f"{name:22} {n:6} {med['rt_per_s']:8.0f} {med['p50_ms']:8.2f} {med['p99_ms']:8.2f}")
     print(json.dumps(summary, indent=1))

@@ -264,7 +264,9 @@ class _DaemonProtocol(CollectOutput):
         self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
         for text, d in self._waiting:
             if not d.called:
-                d.errback(AssertionError(f"daemon exited before printing {text!r}:\n{self.output.decode(errors='replace')}"))
+                d.errback(
+                    AssertionError(f"daemon exited before printing {text!r}:\n{self.output.decode(errors='replace')}")
+                )
         self._waiting = []
 
 
@@ -340,9 +342,7 @@ def spawnDaemon(
     return daemon
 
 
-def handshakeRequest(
-    port: int, headers: Optional[Dict[str, str]] = None, path: str = "/"
-) -> bytes:
+def handshakeRequest(port: int, headers: Optional[Dict[str, str]] = None, path: str = "/") -> bytes:
     """
     The bytes of a valid WebSocket opening handshake for 127.0.0.1:C{port},
     with extra C{headers}.
@@ -443,9 +443,7 @@ def makeCertificate(folder: str) -> Tuple[str, str, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -482,4 +480,3 @@ class TCPLikeTransport(StringTransport):
     def unregisterProducer(self) -> None:
         self.producer = None
         self.streaming = None
-

@@ -58,13 +58,20 @@ class RedisServer:
     def argv(self) -> List[str]:
         argv = [
             REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.folder,
-            "--logfile", os.path.join(self.folder, "redis.log"),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.folder,
+            "--logfile",
+            os.path.join(self.folder, "redis.log"),
+            "--daemonize",
+            "no",
         ]
         if self.password:
             argv += ["--requirepass", self.password]
@@ -77,7 +84,9 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             return
         self.process = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 

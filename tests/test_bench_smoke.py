@@ -22,8 +22,6 @@ from tests.common import ROOT, CollectOutput
 SERVERS = ["wsglue", "wsglue-plain", "wsglue-cluster", "wsglue-cluster-plain", "websockets", "node"]
 
 
-
-
 class BenchSmokeTests(TestCase):
     """
     C{python -m bench --smoke} starts wsglue (one process, and two workers

@@ -28,8 +28,6 @@ SCRIPT = os.path.join(HERE, "browser_check.py")
 _report: Dict[str, Any] = {}
 
 
-
-
 @inlineCallbacks
 def _browse(testCase: TestCase) -> Any:
     port = freePort()
@@ -207,7 +205,5 @@ class BrowserTests(TestCase):
         before = self.cookie("cookies")["value"]
         after = self.cookie("cookiesAfterReload")["value"]
         self.assertEqual(before, after)
-        self.assertEqual(
-            self.get("daemonOutput").count(f"session opened: {before[:8]}"), 2
-        )
+        self.assertEqual(self.get("daemonOutput").count(f"session opened: {before[:8]}"), 2)
         self.assertEqual(self.lines("outputReconnected")[-2:], ["==> ping", "<== pong"])

@@ -29,13 +29,9 @@ class ChurnTests(TestCase):
         no unhandled error.
         """
         port = freePort()
-        daemon = spawnDaemon(
-            self, ["--port", f"tcp:{port}:interface=127.0.0.1", "--broadcast-interval", "0"]
-        )
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1", "--broadcast-interval", "0"])
         yield daemon.waitForOutput("started websocket server at")
-        figures = yield measure(
-            reactor, port, daemon.pid, lambda: daemon.output, cycles=1000, warmup=200, parallel=8
-        )
+        figures = yield measure(reactor, port, daemon.pid, lambda: daemon.output, cycles=1000, warmup=200, parallel=8)
         self.assertEqual(figures["cycles"], 1000)
         self.assertTrue(figures["registryEmpty"], figures)
         self.assertLessEqual(figures["filesAfter"], figures["filesBefore"], figures)

@@ -57,7 +57,7 @@ def unframe(frame: bytes) -> Any:
     elif length == 127:
         (length,) = struct.unpack("!Q", frame[2:10])
         start = 10
-    payload = frame[start:start + length]
+    payload = frame[start : start + length]
     return payload.decode("utf-8") if opcode == 1 else payload
 
 
@@ -218,8 +218,14 @@ class EnvelopeTests(SynchronousTestCase):
         Anything that is not an envelope is a C{ValueError}.
         """
         good = encode(OP_SEND, self.node, "x")
-        for bad in [b"", b"junk", good[:10], b"W1x" + good[3:], good[:3] + b"?" + good[4:],
-                    encode(OP_CLOSE, self.node)[:-2]]:
+        for bad in [
+            b"",
+            b"junk",
+            good[:10],
+            b"W1x" + good[3:],
+            good[:3] + b"?" + good[4:],
+            encode(OP_CLOSE, self.node)[:-2],
+        ]:
             self.assertRaises(ValueError, decode, bad)
 
     def test_badOriginRefused(self) -> None:
@@ -435,8 +441,7 @@ class RoutingTests(SynchronousTestCase):
         second = proto.subscribeAll(["c"])
         self.assertEqual(
             transport.value(),
-            b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
-            b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n",
+            b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n",
         )
         proto.replyReceived([b"subscribe", b"a", 1])
         proto.replyReceived([b"subscribe", b"b", 2])
@@ -709,8 +714,7 @@ class RedisURLTests(SynchronousTestCase):
         The password (percent-decoded) and the database number are taken.
         """
         url = parseRedisURL("redis://:p%40ss@10.0.0.1:6380/4")
-        self.assertEqual((url.host, url.port, url.db, url.password, url.username),
-                         ("10.0.0.1", 6380, 4, "p@ss", None))
+        self.assertEqual((url.host, url.port, url.db, url.password, url.username), ("10.0.0.1", 6380, 4, "p@ss", None))
 
     def test_usernameAndTLS(self) -> None:
         """
@@ -729,8 +733,15 @@ class RedisURLTests(SynchronousTestCase):
         """
         Other schemes, no host, a bad port or database are refused.
         """
-        for bad in ["http://h", "h:6379", "redis://", "redis://h:x/0", "redis://h:0",
-                    "redis://h/db", "redis://h/0?x=1"]:
+        for bad in [
+            "http://h",
+            "h:6379",
+            "redis://",
+            "redis://h:x/0",
+            "redis://h:0",
+            "redis://h/db",
+            "redis://h/0?x=1",
+        ]:
             self.assertRaises(BadRedisURL, parseRedisURL, bad)
 
 
@@ -1075,10 +1086,20 @@ class Node:
 @inlineCallbacks
 def startNode(testCase: Any, redis: Any, *extra: str) -> Any:
     port = freePort()
-    daemon = spawnDaemon(testCase, [
-        "--port", f"tcp:{port}:interface=127.0.0.1", "--redis", redis.url,
-        "--handler", HANDLER, "--broadcast-interval", "0", *extra,
-    ])
+    daemon = spawnDaemon(
+        testCase,
+        [
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--redis",
+            redis.url,
+            "--handler",
+            HANDLER,
+            "--broadcast-interval",
+            "0",
+            *extra,
+        ],
+    )
     yield daemon.waitForOutput("subscribed at")
     return Node(daemon, port)
 
@@ -1114,9 +1135,7 @@ class DaemonTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         self.redis = yield startRedis(self)
-        self.a, self.b = yield defer.gatherResults(
-            [startNode(self, self.redis), startNode(self, self.redis)]
-        )
+        self.a, self.b = yield defer.gatherResults([startNode(self, self.redis), startNode(self, self.redis)])
 
     @inlineCallbacks
     def client(self, node: Node, sid: Optional[str] = None) -> Any:
@@ -1266,10 +1285,12 @@ class DemoBroadcastTests(TestCase):
         interval, never the other node's too.
         """
         redis = yield startRedis(self)
-        a, b = yield defer.gatherResults([
-            startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-A"),
-            startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-B"),
-        ])
+        a, b = yield defer.gatherResults(
+            [
+                startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-A"),
+                startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-B"),
+            ]
+        )
         onA = yield connect(self, a.port)
         onB = yield connect(self, b.port)
         seenA, seenB = [], []

@@ -105,9 +105,7 @@ class SessionFromHeaderTests(SynchronousTestCase):
         escaped = "".join(f"\\{ord(c):03o}" for c in GOOD)
         self.assertIsNone(self.cookies.sessionFromHeader(f'CookieName="{escaped}"'))
         self.assertIsNone(self.cookies.sessionFromHeader(f'CookieName="\\{GOOD}"'))
-        self.assertIsNone(
-            self.cookies.sessionFromHeader(f'x=1; CookieName="{escaped}"; CookieName=zz')
-        )
+        self.assertIsNone(self.cookies.sessionFromHeader(f'x=1; CookieName="{escaped}"; CookieName=zz'))
 
     def test_attributeNameRefused(self) -> None:
         """
@@ -327,9 +325,7 @@ class PropertyTests(SynchronousTestCase):
     @given(
         st.lists(
             st.tuples(
-                st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
-                    lambda n: n != "CookieName"
-                ),
+                st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True).filter(lambda n: n != "CookieName"),
                 st.from_regex(r"[A-Za-z0-9._-]{0,20}", fullmatch=True),
             ),
             max_size=5,

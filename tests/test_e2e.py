@@ -583,9 +583,7 @@ class DaemonTests(TestCase):
         C{twistd -r epoll wsglue} runs on Twisted's own epoll reactor.
         """
         port = freePort()
-        daemon = spawnDaemon(
-            self, ["--port", f"tcp:{port}:interface=127.0.0.1"], twistdArgs=["-r", "epoll"]
-        )
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"], twistdArgs=["-r", "epoll"])
         yield daemon.waitForOutput("started websocket server at")
         client = yield connect(self, port)
         client.send("ping")
@@ -724,8 +722,7 @@ class DaemonTests(TestCase):
         self.assertEqual(len(lines), 1, daemon.output)
         self.assertTrue(
             lines[0].startswith(
-                f"wsglue: cannot listen on tcp:{port}:interface=127.0.0.1:"
-                f" Couldn't listen on 127.0.0.1:{port}: "
+                f"wsglue: cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on 127.0.0.1:{port}: "
             ),
             lines[0],
         )
@@ -863,9 +860,7 @@ class DaemonTests(TestCase):
         A bad C{WSGLUE_*} value ends C{glue.tac} with one line and a non-zero
         exit status.
         """
-        daemon = spawnDaemon(
-            self, [], tac=os.path.join(ROOT, "glue.tac"), env={"WSGLUE_VERBOSE": "maybe"}
-        )
+        daemon = spawnDaemon(self, [], tac=os.path.join(ROOT, "glue.tac"), env={"WSGLUE_VERBOSE": "maybe"})
         status = yield daemon.ended
         self.assertNotEqual(status, 0)
         self.assertIn("WSGLUE_VERBOSE", daemon.output)
@@ -877,9 +872,7 @@ class DaemonTests(TestCase):
         A bad number in a C{WSGLUE_*} variable is reported by the name of
         the variable the user set, in one line, with exit status 2.
         """
-        daemon = spawnDaemon(
-            self, [], tac=os.path.join(ROOT, "glue.tac"), env={"WSGLUE_BROADCAST_INTERVAL": "abc"}
-        )
+        daemon = spawnDaemon(self, [], tac=os.path.join(ROOT, "glue.tac"), env={"WSGLUE_BROADCAST_INTERVAL": "abc"})
         self.assertEqual((yield daemon.ended), 2, daemon.output)
         self.assertEqual(
             daemon.output.strip().splitlines(),
@@ -899,12 +892,8 @@ class TLSTests(TestCase):
         C{https} origin is accepted, and the cookie is C{Secure}.
         """
         keyPath, certPath, certPem = makeCertificate(os.path.abspath(self.mktemp()))
-        running = serve(
-            self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
-        )
-        client = yield connect(
-            self, running.port, {"Origin": f"https://127.0.0.1:{running.port}"}, trust=certPem
-        )
+        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}")
+        client = yield connect(self, running.port, {"Origin": f"https://127.0.0.1:{running.port}"}, trust=certPem)
         self.assertTrue(client.setCookie.endswith("; HttpOnly; SameSite=Lax; Secure"))
         client.send("ping")
         self.assertEqual((yield client.nextMessage()), "pong")
@@ -915,9 +904,7 @@ class TLSTests(TestCase):
         Over TLS an C{http} origin is not the page's origin: refused.
         """
         keyPath, certPath, certPem = makeCertificate(os.path.abspath(self.mktemp()))
-        running = serve(
-            self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
-        )
+        running = serve(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}")
         d = connect(self, running.port, {"Origin": f"http://127.0.0.1:{running.port}"}, trust=certPem)
         yield self.assertFailure(d, ConnectionError)
 

@@ -21,9 +21,7 @@ from wsglue.levers.protocol import LeveredProtocol as GlueServerProtocol
 MASKS = st.binary(min_size=4, max_size=4)
 
 
-def maskedFrame(
-    first: int, payload: bytes, mask: bytes, masked: bool = True
-) -> bytes:
+def maskedFrame(first: int, payload: bytes, mask: bytes, masked: bool = True) -> bytes:
     """
     A client frame with first byte C{first} (FIN, RSV, opcode).
     """
@@ -64,16 +62,12 @@ def goodFrames(draw: Any) -> bytes:
         return maskedFrame(0x89, draw(st.binary(max_size=125)), mask)
     payload = draw(texts(40))
     cut = draw(st.integers(0, len(payload)))
-    return maskedFrame(0x01, payload[:cut], mask) + maskedFrame(
-        0x80, payload[cut:], draw(MASKS)
-    )
+    return maskedFrame(0x01, payload[:cut], mask) + maskedFrame(0x80, payload[cut:], draw(MASKS))
 
 
 @st.composite
 def badFrames(draw: Any) -> bytes:
-    kind = draw(
-        st.sampled_from(["utf8", "truncated-utf8", "rsv", "unmasked", "opcode", "continuation"])
-    )
+    kind = draw(st.sampled_from(["utf8", "truncated-utf8", "rsv", "unmasked", "opcode", "continuation"]))
     mask = draw(MASKS)
     if kind == "utf8":
         return maskedFrame(0x81, b"a\xff" + draw(st.binary(max_size=20)), mask)
@@ -158,9 +152,7 @@ class ReadFramesTests(LeverTestCase):
         proto, transport, _ = self.connect()
         ping = clientFrame(1, b"ping")
         proto.dataReceived(ping + clientFrame(1, b"x") + ping + ping[:3])
-        self.assertEqual(
-            self.frames(transport), [(1, b"pong"), (1, b"ok"), (1, b"pong")]
-        )
+        self.assertEqual(self.frames(transport), [(1, b"pong"), (1, b"ok"), (1, b"pong")])
         proto.dataReceived(ping[3:])
         self.assertEqual(self.frames(transport), [(1, b"pong")])
 
@@ -184,9 +176,7 @@ class ReadFramesTests(LeverTestCase):
         """
         factory = self.makeFactory(handlerFactory=Recorder)
         proto, transport, _ = self.connect(factory=factory)
-        proto.dataReceived(
-            clientFrame(1, b"echo a") + clientFrame(1, b"close") + clientFrame(1, b"echo b")
-        )
+        proto.dataReceived(clientFrame(1, b"echo a") + clientFrame(1, b"close") + clientFrame(1, b"echo b"))
         received = [e[3] for e in factory.handler.handler.events if e[0] == "received"]
         self.assertEqual(received, ["echo a", "close"])
         frames = self.frames(transport)
@@ -217,7 +207,6 @@ class ReadFramesTests(LeverTestCase):
             setattr(factory, option, True)
             proto, transport, _ = self.connect(factory=factory)
             self.assertEqual(proto._frameLimit, 0, option)
-
 
     def test_offForSubclassHooks(self) -> None:
         """

@@ -179,9 +179,7 @@ class HandoverTests(SynchronousTestCase):
         """
         transport, _ = self.send()
         self.clock.advance(4)
-        transport.protocol.dataReceived(
-            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
-        )
+        transport.protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
         self.assertIsInstance(transport.protocol, DeadlineChannel)
         self.clock.advance(5.9)
         self.assertFalse(transport.disconnected)
@@ -196,9 +194,7 @@ class HandoverTests(SynchronousTestCase):
         timer bounds a silent peer), and still hands a handshake over,
         letting go of the transport.
         """
-        self.site = makeSite(
-            self.site.resource.static.path, self.factory, handshakeTimeout=None, reactor=self.clock
-        )
+        self.site = makeSite(self.site.resource.static.path, self.factory, handshakeTimeout=None, reactor=self.clock)
         withLevers(self.factory, self.site)
         channel = self.site.buildProtocol(PEER)
         transport = Transport(peerAddress=PEER)

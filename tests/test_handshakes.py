@@ -72,9 +72,7 @@ class CountingCookies(SessionCookies):
 
 
 def request(line: str, headers: List[Tuple[str, str]], tail: bytes = b"") -> bytes:
-    return (
-        "\r\n".join([line] + [f"{name}: {value}" for name, value in headers]) + "\r\n\r\n"
-    ).encode("latin-1") + tail
+    return ("\r\n".join([line] + [f"{name}: {value}" for name, value in headers]) + "\r\n\r\n").encode("latin-1") + tail
 
 
 LINE_VARIANTS = [
@@ -95,12 +93,23 @@ VARIANTS: Dict[str, List[Any]] = {
     "Upgrade": ["websocket", "WebSocket", "h2c, websocket", "foo", "", " WebSocket\t", "websockets"],
     "Connection": ["Upgrade", "keep-alive, Upgrade", "close", "upgrade", " UPGRADE ", "upgraded"],
     "Sec-WebSocket-Key": [
-        KEY, " " + KEY, KEY[:-1], KEY[:-2] + "=x", "dGhlIHNhbXBsZSBub25jZQ!=", (KEY, KEY),
+        KEY,
+        " " + KEY,
+        KEY[:-1],
+        KEY[:-2] + "=x",
+        "dGhlIHNhbXBsZSBub25jZQ!=",
+        (KEY, KEY),
     ],
     "Sec-WebSocket-Version": ["13", " 13", "8", "12", "x", ("13", "13")],
     "Origin": [
-        f"http://{HOST}", "http://evil.example", "null", "file://", "http://", "garbage",
-        "https://[::1]:99", (f"http://{HOST}", f"http://{HOST}"),
+        f"http://{HOST}",
+        "http://evil.example",
+        "null",
+        "file://",
+        "http://",
+        "garbage",
+        "https://[::1]:99",
+        (f"http://{HOST}", f"http://{HOST}"),
     ],
     "Sec-WebSocket-Extensions": [
         "permessage-deflate; client_max_window_bits",
@@ -178,9 +187,7 @@ class HandshakeDifferentialTests(LeverTestCase):
         logged and where it got to, and the connection itself.
         """
         factory = withLevers(
-            GlueServerFactory(
-                reactor=self.clock, cookies=CountingCookies(), origins=origins, pingInterval=5
-            )
+            GlueServerFactory(reactor=self.clock, cookies=CountingCookies(), origins=origins, pingInterval=5)
         )
         events: List[Dict[str, Any]] = []
 

@@ -38,9 +38,7 @@ MASK = b"\x37\xfa\x21\x3d"
 FRAME_CASES = 1100
 # Codes a server may legitimately close with (RFC 6455 7.4.1 and the
 # registered application range).
-VALID_CODES = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011]) | frozenset(
-    range(3000, 5000)
-)
+VALID_CODES = frozenset([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011]) | frozenset(range(3000, 5000))
 DROPPED = -1
 
 
@@ -279,11 +277,7 @@ def tooBig(draw: Any) -> Case:
 
 @st.composite
 def invalidUtf8(draw: Any) -> Case:
-    data = (
-        draw(TEXT).encode("utf-8")
-        + draw(INVALID_UTF8)
-        + draw(st.sampled_from([b"", b"tail", "é€".encode("utf-8")]))
-    )
+    data = draw(TEXT).encode("utf-8") + draw(INVALID_UTF8) + draw(st.sampled_from([b"", b"tail", "é€".encode("utf-8")]))
     parts = splits(data, draw(st.lists(st.integers(0, 100), max_size=4)))
     return "invalid UTF-8", fragmented(parts), frozenset([1007]), False
 
@@ -349,9 +343,20 @@ def arbitraryFrames(draw: Any) -> Case:
 
 
 FRAME_CASE = st.one_of(
-    badOpcode(), reservedBits(), unmasked(), fragmentedControl(), longControl(),
-    hugeLength(), tooBig(), invalidUtf8(), validSplitUtf8(), badCloseCode(),
-    badCloseBody(), interleaved(), binaryMessage(), arbitraryFrames(),
+    badOpcode(),
+    reservedBits(),
+    unmasked(),
+    fragmentedControl(),
+    longControl(),
+    hugeLength(),
+    tooBig(),
+    invalidUtf8(),
+    validSplitUtf8(),
+    badCloseCode(),
+    badCloseBody(),
+    interleaved(),
+    binaryMessage(),
+    arbitraryFrames(),
 )
 
 
@@ -395,8 +400,7 @@ class HostileTests(TestCase):
         self.port = freePort()
         self.daemon = spawnDaemon(
             self,
-            ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--broadcast-interval", "0",
-             "--handshake-timeout", "2"],
+            ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--broadcast-interval", "0", "--handshake-timeout", "2"],
         )
         return self.daemon.waitForOutput("started websocket server at")
 
@@ -430,8 +434,9 @@ class HostileTests(TestCase):
         4xx or a dropped connection.
         """
 
-        @settings(max_examples=100, derandomize=True, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=100, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(st.binary(min_size=1, max_size=2000))
         def check(data: bytes) -> None:
             assertHttp4xxOrDrop(httpAnswer(self.port, data + b"\r\n\r\n"))

@@ -172,9 +172,17 @@ class OptionsTests(SynchronousTestCase):
         o = Options()
         o.parseOptions([])
         self.assertEqual(
-            [o[n] for n in ("max-connections", "max-connections-per-ip",
-                            "max-connections-per-session", "max-messages-per-second",
-                            "max-send-buffer", "handshake-timeout")],
+            [
+                o[n]
+                for n in (
+                    "max-connections",
+                    "max-connections-per-ip",
+                    "max-connections-per-session",
+                    "max-messages-per-second",
+                    "max-send-buffer",
+                    "handshake-timeout",
+                )
+            ],
             [0, 0, 32, 0, 1048576, 10.0],
         )
 
@@ -189,9 +197,7 @@ class OptionsTests(SynchronousTestCase):
         """
         A limit that is not a number is a UsageError naming the option.
         """
-        exc = self.assertRaises(
-            UsageError, Options().parseOptions, ["--max-send-buffer", "lots"]
-        )
+        exc = self.assertRaises(UsageError, Options().parseOptions, ["--max-send-buffer", "lots"])
         self.assertIn("--max-send-buffer", str(exc))
         self.assertIn("'lots'", str(exc))
 
@@ -284,9 +290,7 @@ class LimitsEndToEndTests(TestCase):
         running = serve(self, "--max-connections-per-ip", "1", "--trust-proxy")
         yield connect(self, running.port, headers={"X-Forwarded-For": "1.1.1.1, 10.0.0.1"})
         yield connect(self, running.port, headers={"X-Forwarded-For": "10.0.0.2"})
-        peer, status = yield self.handshake(
-            running.port, {"X-Forwarded-For": "9.9.9.9, 10.0.0.1"}
-        )
+        peer, status = yield self.handshake(running.port, {"X-Forwarded-For": "9.9.9.9, 10.0.0.1"})
         self.assertIn(b" 429 ", status)
         self.assertEqual(running.factory.limits.connectionsFrom("10.0.0.2"), 1)
 
@@ -428,9 +432,7 @@ class HalfOpenEndToEndTests(TestCase):
         handshake timeout they are all dropped and the open sockets are back
         to where they were.
         """
-        running = serve(
-            self, "--port", "tcp:0:interface=127.0.0.1:backlog=1024", "--handshake-timeout", "2"
-        )
+        running = serve(self, "--port", "tcp:0:interface=127.0.0.1:backlog=1024", "--handshake-timeout", "2")
         before = openSockets()
         peers: List[Any] = []
         for batch in range(10):

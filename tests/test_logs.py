@@ -43,8 +43,7 @@ SPRING = 1774746000
 AUTUMN = 1792890000
 
 # Fractions of a second near the edges datetime rounds across.
-EDGES = [0.0, 1e-7, 0.4999995, 0.5, 0.9999984, 0.999999, 0.9999994, 0.9999995,
-         0.9999996, 0.9999999]
+EDGES = [0.0, 1e-7, 0.4999995, 0.5, 0.9999984, 0.999999, 0.9999994, 0.9999995, 0.9999996, 0.9999999]
 
 
 def inZone(testCase: unittest.TestCase, zone: str) -> None:
@@ -76,10 +75,16 @@ class CachedTimeFormatTests(unittest.TestCase):
         for when in times:
             self.assertEqual(cached(when), formatTime(when, timeFormat), repr(when))
 
-    @given(st.lists(st.one_of(
-        st.floats(min_value=0, max_value=4e9, allow_nan=False),
-        st.builds(lambda s, f: s + f, st.integers(0, 4_000_000_000), st.sampled_from(EDGES)),
-    ), min_size=1, max_size=50))
+    @given(
+        st.lists(
+            st.one_of(
+                st.floats(min_value=0, max_value=4e9, allow_nan=False),
+                st.builds(lambda s, f: s + f, st.integers(0, 4_000_000_000), st.sampled_from(EDGES)),
+            ),
+            min_size=1,
+            max_size=50,
+        )
+    )
     @settings(max_examples=300, deadline=None)
     def test_anyTimes(self, times: List[float]) -> None:
         self.assertSameAsTwisted(times)
@@ -180,12 +185,37 @@ def failure() -> Failure:
 
 
 FORMATS: List[Any] = [
-    "session opened: {sid}", "session closed: {sid}", "{sid!r} and {n:>5}",
-    "two\nlines: {sid}", "no fields", "{thing.attr}", "{missing}", "{", "",
-    "ünïcode {sid}", "{sid!s}{n!a}{thing!r}", "{n:{w}}", "{n:>{w}d}", "{{sid}} {sid}",
-    "{sid!z}", "{n:q}", "}", "{}", "{0}", "{thing.attr()}", "{call()}", "{seq[0]}",
-    "{bad}", "{sid:", b"bytes: {sid}", 42, None, "{log_level}", "{dyn.x()}",
-    "{n:{dyn.x()}}", "{n:{w:{dyn.x()}}}",
+    "session opened: {sid}",
+    "session closed: {sid}",
+    "{sid!r} and {n:>5}",
+    "two\nlines: {sid}",
+    "no fields",
+    "{thing.attr}",
+    "{missing}",
+    "{",
+    "",
+    "ünïcode {sid}",
+    "{sid!s}{n!a}{thing!r}",
+    "{n:{w}}",
+    "{n:>{w}d}",
+    "{{sid}} {sid}",
+    "{sid!z}",
+    "{n:q}",
+    "}",
+    "{}",
+    "{0}",
+    "{thing.attr()}",
+    "{call()}",
+    "{seq[0]}",
+    "{bad}",
+    "{sid:",
+    b"bytes: {sid}",
+    42,
+    None,
+    "{log_level}",
+    "{dyn.x()}",
+    "{n:{dyn.x()}}",
+    "{n:{w:{dyn.x()}}}",
 ]
 
 events = st.fixed_dictionaries(
@@ -207,9 +237,7 @@ events = st.fixed_dictionaries(
         ),
         "log_level": st.sampled_from(list(LogLevel.iterconstants())),
         "log_namespace": st.text(max_size=20),
-        "log_system": st.one_of(
-            st.text(max_size=20), st.integers(), st.just(Named()), st.just(Nameless())
-        ),
+        "log_system": st.one_of(st.text(max_size=20), st.integers(), st.just(Named()), st.just(Nameless())),
         "log_failure": st.builds(failure),
         "log_flattened": st.just({}),
     },
@@ -244,13 +272,26 @@ class ClassicFormatTests(unittest.TestCase):
         ours = classicFormat()
         for format in FORMATS:
             for n, w in [(5, 3), (-3, 4), (12345, "x"), (0, None)]:
-                for system in [{}, {"log_system": "sys"}, {"log_system": 7},
-                               {"log_system": Named()}, {"log_system": Nameless()},
-                               {"log_namespace": "ns", "log_level": LogLevel.warn}]:
+                for system in [
+                    {},
+                    {"log_system": "sys"},
+                    {"log_system": 7},
+                    {"log_system": Named()},
+                    {"log_system": Nameless()},
+                    {"log_namespace": "ns", "log_level": LogLevel.warn},
+                ]:
                     event = dict(
-                        log_format=format, log_time=1_790_000_000.25, sid="3f2a9c1e",
-                        n=n, w=w, thing=Thing(), call=lambda: "called", seq=[1],
-                        bad=Unformattable(), dyn=Dynamic(), **system,
+                        log_format=format,
+                        log_time=1_790_000_000.25,
+                        sid="3f2a9c1e",
+                        n=n,
+                        w=w,
+                        thing=Thing(),
+                        call=lambda: "called",
+                        seq=[1],
+                        bad=Unformattable(),
+                        dyn=Dynamic(),
+                        **system,
                     )
                     theirs = io.StringIO()
                     textFileLogObserver(theirs)(dict(event))
@@ -260,10 +301,15 @@ class ClassicFormatTests(unittest.TestCase):
 
     def test_sessionLine(self) -> None:
         inZone(self, "UTC0")
-        line = classicFormat()({
-            "log_format": "session opened: {sid}", "sid": "3f2a9c1e", "log_time": 1_790_000_000.5,
-            "log_level": LogLevel.info, "log_namespace": "wsglue.protocol",
-        })
+        line = classicFormat()(
+            {
+                "log_format": "session opened: {sid}",
+                "sid": "3f2a9c1e",
+                "log_time": 1_790_000_000.5,
+                "log_level": LogLevel.info,
+                "log_namespace": "wsglue.protocol",
+            }
+        )
         self.assertEqual(line, "2026-09-21T14:13:20+0000 [wsglue.protocol#info] session opened: 3f2a9c1e\n")
 
 
@@ -288,8 +334,7 @@ class Recorder:
 
 
 def event(text: str, level: Any = LogLevel.info) -> Dict[str, Any]:
-    return {"log_format": text, "log_level": level, "log_time": 1_790_000_000.0,
-            "log_namespace": "test"}
+    return {"log_format": text, "log_level": level, "log_time": 1_790_000_000.0, "log_namespace": "test"}
 
 
 def plain(event: Dict[str, Any]) -> str:
@@ -546,6 +591,7 @@ class TwistdLoggerTests(unittest.TestCase):
         """
         A SIGUSR1 handler someone set is left in place, as twistd does.
         """
+
         def mine(signum: int, frame: Any) -> None:
             pass
 
@@ -568,8 +614,7 @@ class DaemonLogTests(unittest.TestCase):
         os.mkdir(folder)
         path = os.path.join(folder, "glue.log")
         port = freePort()
-        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"],
-                             twistdArgs=["--logfile", path])
+        daemon = spawnDaemon(self, ["--port", f"tcp:{port}:interface=127.0.0.1"], twistdArgs=["--logfile", path])
 
         def logged() -> str:
             try:
@@ -587,7 +632,8 @@ class DaemonLogTests(unittest.TestCase):
         for line in logged().splitlines():
             if f"session opened: {sid[:8]}" in line:
                 self.assertRegex(
-                    line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[wsglue\.protocol#info\] session opened: [0-9a-f]{8}$"
+                    line,
+                    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[wsglue\.protocol#info\] session opened: [0-9a-f]{8}$",
                 )
         yield daemon.stop()
         self.assertNotIn("Traceback", logged())
@@ -617,25 +663,30 @@ class RelayTests(unittest.TestCase):
         return [(e["log_level"], formatEvent(e)) for e in self.events]
 
     def test_levels(self) -> None:
-        written = "".join([
-            workerLines(event("session opened: 3f2a9c1e")) or "",
-            workerLines(event("slow\nconsumer", LogLevel.warn)) or "",
-            workerLines(event("bad", LogLevel.error)) or "",
-            workerLines(event("worse", LogLevel.critical)) or "",
-            workerLines(event("detail", LogLevel.debug)) or "",
-            "no level name here\n",
-            "\n",
-        ])
+        written = "".join(
+            [
+                workerLines(event("session opened: 3f2a9c1e")) or "",
+                workerLines(event("slow\nconsumer", LogLevel.warn)) or "",
+                workerLines(event("bad", LogLevel.error)) or "",
+                workerLines(event("worse", LogLevel.critical)) or "",
+                workerLines(event("detail", LogLevel.debug)) or "",
+                "no level name here\n",
+                "\n",
+            ]
+        )
         self.worker.childDataReceived(1, written.encode("utf-8"))
-        self.assertEqual(self.relayed(), [
-            (LogLevel.info, "[worker 4321] session opened: 3f2a9c1e"),
-            (LogLevel.warn, "[worker 4321] slow"),
-            (LogLevel.warn, "[worker 4321] consumer"),
-            (LogLevel.error, "[worker 4321] bad"),
-            (LogLevel.critical, "[worker 4321] worse"),
-            (LogLevel.info, "[worker 4321] detail"),
-            (LogLevel.info, "[worker 4321] no level name here"),
-        ])
+        self.assertEqual(
+            self.relayed(),
+            [
+                (LogLevel.info, "[worker 4321] session opened: 3f2a9c1e"),
+                (LogLevel.warn, "[worker 4321] slow"),
+                (LogLevel.warn, "[worker 4321] consumer"),
+                (LogLevel.error, "[worker 4321] bad"),
+                (LogLevel.critical, "[worker 4321] worse"),
+                (LogLevel.info, "[worker 4321] detail"),
+                (LogLevel.info, "[worker 4321] no level name here"),
+            ],
+        )
 
     @given(st.lists(st.integers(1, 40), max_size=20))
     @settings(max_examples=100, deadline=None)
@@ -647,11 +698,14 @@ class RelayTests(unittest.TestCase):
         data = "info ünïcode line one\nwarn ✓ two\ninfo three\n".encode("utf-8")
         at = 0
         for cut in cuts:
-            self.worker.childDataReceived(1, data[at:at + cut])
+            self.worker.childDataReceived(1, data[at : at + cut])
             at += cut
         self.worker.childDataReceived(1, data[at:])
-        self.assertEqual(self.relayed(), [
-            (LogLevel.info, "[worker 4321] ünïcode line one"),
-            (LogLevel.warn, "[worker 4321] ✓ two"),
-            (LogLevel.info, "[worker 4321] three"),
-        ])
+        self.assertEqual(
+            self.relayed(),
+            [
+                (LogLevel.info, "[worker 4321] ünïcode line one"),
+                (LogLevel.warn, "[worker 4321] ✓ two"),
+                (LogLevel.info, "[worker 4321] three"),
+            ],
+        )

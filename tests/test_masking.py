@@ -50,7 +50,7 @@ class SmallMaskerTests(SynchronousTestCase):
             out, at = b"", 0
             while at < len(data):
                 step = self.random.randrange(1, 9)
-                out += masker.process(data[at:at + step])
+                out += masker.process(data[at : at + step])
                 at += step
             self.assertEqual(out, reference(mask, data))
             self.assertEqual(masker.pointer(), len(data))

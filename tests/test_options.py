@@ -48,9 +48,7 @@ class DefaultsTests(SynchronousTestCase):
         """
         self.assertEqual(self.options["static"], defaultStaticPath())
         self.assertTrue(os.path.isfile(os.path.join(self.options["static"], "index.html")))
-        self.assertTrue(
-            os.path.isfile(os.path.join(self.options["static"], "scripts", "ws-script.js"))
-        )
+        self.assertTrue(os.path.isfile(os.path.join(self.options["static"], "scripts", "ws-script.js")))
 
     def test_cookieAndBroadcast(self) -> None:
         """
@@ -94,8 +92,14 @@ class ValuesTests(SynchronousTestCase):
         Numbers given as strings are converted: seconds to float, sizes to int.
         """
         options = parse(
-            "--broadcast-interval", "0.5", "--max-message-size", "10",
-            "--ping-interval", "0", "--ping-timeout", "2.5",
+            "--broadcast-interval",
+            "0.5",
+            "--max-message-size",
+            "10",
+            "--ping-interval",
+            "0",
+            "--ping-timeout",
+            "2.5",
         )
         self.assertEqual(options["broadcast-interval"], 0.5)
         self.assertEqual(options["max-message-size"], 10)
@@ -340,16 +344,15 @@ class ErrorTests(SynchronousTestCase):
         """
         self.assertError(
             ["--handler", "no_such_module_here:Handler"],
-            "--handler", "cannot import no_such_module_here",
+            "--handler",
+            "cannot import no_such_module_here",
         )
 
     def test_handlerAttributeMissing(self) -> None:
         """
         A handler name the module does not have is refused.
         """
-        self.assertError(
-            ["--handler", "tests.handlers_for_tests:Missing"], "--handler", "has no Missing"
-        )
+        self.assertError(["--handler", "tests.handlers_for_tests:Missing"], "--handler", "has no Missing")
 
     def test_handlerNotCallable(self) -> None:
         """
@@ -357,7 +360,8 @@ class ErrorTests(SynchronousTestCase):
         """
         self.assertError(
             ["--handler", "tests.handlers_for_tests:NOT_CALLABLE"],
-            "--handler", "NOT_CALLABLE is not callable",
+            "--handler",
+            "NOT_CALLABLE is not callable",
         )
 
     def test_emptyAllowedOrigin(self) -> None:
@@ -391,14 +395,9 @@ class EnvironmentTests(SynchronousTestCase):
         naming it, rather than silently ignored; every option's own
         variable is known.
         """
-        error = self.assertRaises(
-            UsageError, optionsFromEnvironment, Options, {"WSGLUE_PROT": "tcp:8080"}
-        )
+        error = self.assertRaises(UsageError, optionsFromEnvironment, Options, {"WSGLUE_PROT": "tcp:8080"})
         self.assertIn("WSGLUE_PROT", str(error))
-        every = {
-            "WSGLUE_" + row[0].upper().replace("-", "_"): "1"
-            for row in Options.optParameters + Options.optFlags
-        }
+        every = {"WSGLUE_" + row[0].upper().replace("-", "_"): "1" for row in Options.optParameters + Options.optFlags}
         every["WSGLUE_ALLOWED_ORIGIN"] = "http://a.example"
         optionsFromEnvironment(Options, every)
 
@@ -449,9 +448,7 @@ class EnvironmentTests(SynchronousTestCase):
         """
         A flag set to anything else is a L{UsageError} naming the variable.
         """
-        exc = self.assertRaises(
-            UsageError, optionsFromEnvironment, Options, {"WSGLUE_VERBOSE": "maybe"}
-        )
+        exc = self.assertRaises(UsageError, optionsFromEnvironment, Options, {"WSGLUE_VERBOSE": "maybe"})
         self.assertIn("WSGLUE_VERBOSE", str(exc))
         self.assertIn("maybe", str(exc))
 
@@ -459,9 +456,7 @@ class EnvironmentTests(SynchronousTestCase):
         """
         C{WSGLUE_ALLOWED_ORIGIN} takes a comma-separated list of patterns.
         """
-        argv = optionsFromEnvironment(
-            Options, {"WSGLUE_ALLOWED_ORIGIN": "https://a.example, https://b.example"}
-        )
+        argv = optionsFromEnvironment(Options, {"WSGLUE_ALLOWED_ORIGIN": "https://a.example, https://b.example"})
         options = Options()
         options.parseOptions(argv)
         self.assertEqual(options["allowed-origin"], ["https://a.example", "https://b.example"])
@@ -471,12 +466,8 @@ class EnvironmentTests(SynchronousTestCase):
         L{parseEnvironment} reports a bad value by the variable the user
         set, not by the option it stands for.
         """
-        exc = self.assertRaises(
-            UsageError, parseEnvironment, Options(), {"WSGLUE_BROADCAST_INTERVAL": "abc"}
-        )
-        self.assertEqual(
-            str(exc), "WSGLUE_BROADCAST_INTERVAL must be a number of seconds, 0 or more, not 'abc'"
-        )
+        exc = self.assertRaises(UsageError, parseEnvironment, Options(), {"WSGLUE_BROADCAST_INTERVAL": "abc"})
+        self.assertEqual(str(exc), "WSGLUE_BROADCAST_INTERVAL must be a number of seconds, 0 or more, not 'abc'")
         exc = self.assertRaises(UsageError, parseEnvironment, Options(), {"WSGLUE_PORT": "tcp:99999"})
         self.assertTrue(str(exc).startswith("WSGLUE_PORT 'tcp:99999' is not a valid endpoint"), str(exc))
         self.assertNotIn("--port", str(exc))

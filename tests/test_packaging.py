@@ -143,9 +143,7 @@ class InstalledTests(TestCase):
         """
         The installed C{twistd --help} lists the C{wsglue} plugin.
         """
-        output, code = yield _run(
-            [os.path.join(self.venv, "bin", "twistd"), "--help"], self.empty, 60
-        )
+        output, code = yield _run([os.path.join(self.venv, "bin", "twistd"), "--help"], self.empty, 60)
         self.assertEqual(code, 0, output)
         commands = [line.split() for line in output.splitlines() if line.startswith("    ")]
         self.assertIn("wsglue", [words[0] for words in commands if words], output)
@@ -158,8 +156,7 @@ class InstalledTests(TestCase):
         """
         output, code = yield self.runPython(
             "-c",
-            "import wsglue, wsglue.tap; print(wsglue.__file__); "
-            "print(wsglue.tap.defaultStaticPath())",
+            "import wsglue, wsglue.tap; print(wsglue.__file__); print(wsglue.tap.defaultStaticPath())",
         )
         self.assertEqual(code, 0, output)
         module, static = output.split()[:2]
@@ -177,8 +174,7 @@ class InstalledTests(TestCase):
         """
         output, code = yield self.runPython(
             "-c",
-            "import platform, txredisapi; print(platform.python_implementation(), "
-            "txredisapi.RedisProtocol.__name__)",
+            "import platform, txredisapi; print(platform.python_implementation(), txredisapi.RedisProtocol.__name__)",
         )
         self.assertEqual(code, 0, output)
         self.assertEqual(output.split()[-2:], ["CPython", "HiredisProtocol"], output)
@@ -189,9 +185,7 @@ class InstalledTests(TestCase):
         C{twisted/__init__.py} or C{twisted/plugins/__init__.py} (which
         would shadow Twisted's own).
         """
-        records = glob.glob(
-            os.path.join(self.venv, "lib", "python*", "site-packages", "wsglue-*.dist-info", "RECORD")
-        )
+        records = glob.glob(os.path.join(self.venv, "lib", "python*", "site-packages", "wsglue-*.dist-info", "RECORD"))
         self.assertEqual(len(records), 1, records)
         with open(records[0], encoding="utf-8") as f:
             files = [line.split(",")[0] for line in f]

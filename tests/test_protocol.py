@@ -144,9 +144,7 @@ class ProtocolTestCase(SynchronousTestCase):
         factory = factory or self.factory
         peer = IPv4Address("TCP", "127.0.0.1", 50000)
         proto = factory.buildProtocol(peer)
-        transport = Transport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 9998), peerAddress=peer
-        )
+        transport = Transport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9998), peerAddress=peer)
         proto.makeConnection(transport)
         self.addCleanup(self.disconnect, proto)
         proto.dataReceived(handshakeBytes(headers or {}))
@@ -259,14 +257,14 @@ class HandshakeTests(ProtocolTestCase):
         with open(keyPath, "rb") as f:
             certificate = PrivateCertificate.loadPEM(f.read() + certPEM)
         address = IPv4Address("TCP", "127.0.0.1", 50000)
-        server = TLSMemoryBIOFactory(
-            certificate.options(), False, self.factory, clock=self.clock
-        ).buildProtocol(address)
+        server = TLSMemoryBIOFactory(certificate.options(), False, self.factory, clock=self.clock).buildProtocol(
+            address
+        )
         client = RawClient({"Origin": f"https://{HOST}"})
         clientFactory = Factory.forProtocol(lambda: client)
-        tlsClient = TLSMemoryBIOFactory(
-            CertificateOptions(), True, clientFactory, clock=self.clock
-        ).buildProtocol(address)
+        tlsClient = TLSMemoryBIOFactory(CertificateOptions(), True, clientFactory, clock=self.clock).buildProtocol(
+            address
+        )
         _, _, pump = connectedServerAndClient(lambda: server, lambda: tlsClient, clock=self.clock)
         pump.flush()
         self.addCleanup(self.disconnect, server.wrappedProtocol)
@@ -309,9 +307,7 @@ class HandshakeTests(ProtocolTestCase):
         accepted and the page's own is not.
         """
         factory = self.makeFactory(origins=OriginPolicy(["https://*.example.com"]))
-        proto, transport, response = self.connect(
-            {"Origin": "https://app.example.com"}, factory=factory
-        )
+        proto, transport, response = self.connect({"Origin": "https://app.example.com"}, factory=factory)
         self.assertTrue(response.startswith("HTTP/1.1 101 "), response)
         proto, transport, response = self.connect({"Origin": f"http://{HOST}"}, factory=factory)
         self.assertTrue(response.startswith("HTTP/1.1 403 "), response)
@@ -548,9 +544,7 @@ class LifecycleTests(ProtocolTestCase):
         """
         proto, transport, _ = self.connect()
         proto.dataReceived(clientFrame(1, b"echo hi") + clientFrame(2, b"\x01\x02"))
-        self.assertEqual(
-            [e[3] for e in self.handler.events if e[0] == "received"], ["echo hi", b"\x01\x02"]
-        )
+        self.assertEqual([e[3] for e in self.handler.events if e[0] == "received"], ["echo hi", b"\x01\x02"])
         self.assertEqual(self.frames(transport), [(1, b"echo: hi"), (2, b"\x02\x01")])
 
     def test_autoPing(self) -> None:

@@ -127,9 +127,7 @@ class DispatchTests(SynchronousTestCase):
         self.peers[1].send(b"two")
         self.reactor.doIteration(0)
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
-        self.assertEqual(
-            [e["system"] for e in events if e.get("isError")], ["first"]
-        )
+        self.assertEqual([e["system"] for e in events if e.get("isError")], ["first"])
         self.assertEqual(self.readers[1].received, [b"two"])
 
     def test_removedDuringIteration(self) -> None:

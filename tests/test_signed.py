@@ -83,9 +83,7 @@ class ReadKeysTests(SynchronousTestCase):
         Under C{--secret-file} the same problem is a UsageError naming the
         option.
         """
-        exc = self.assertRaises(
-            UsageError, Options().parseOptions, ["--secret-file", "/nonexistent/secret"]
-        )
+        exc = self.assertRaises(UsageError, Options().parseOptions, ["--secret-file", "/nonexistent/secret"])
         self.assertEqual(str(exc), "--secret-file '/nonexistent/secret' does not exist")
 
 
@@ -135,8 +133,14 @@ class SignedCookieTests(SynchronousTestCase):
         other = ("0" if sid[0] != "0" else "1") + sid[1:]
         signature = value.split(".")[1]
         flipped = ("0" if signature[0] != "0" else "1") + signature[1:]
-        for forged in (sid, other + "." + signature, sid + "." + flipped,
-                       value[:-1], value + "0", sid + "." + signature.upper()):
+        for forged in (
+            sid,
+            other + "." + signature,
+            sid + "." + flipped,
+            value[:-1],
+            value + "0",
+            sid + "." + signature.upper(),
+        ):
             self.assertIsNone(cookies.sessionFromValue(forged), forged)
 
 

@@ -20,8 +20,14 @@ from tests.common import CollectOutput, connect, makeCertificate, rawConnect, se
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--ignore-certificate-errors",
 ]
 
@@ -46,8 +52,6 @@ with sync_playwright() as p:
     finally:
         browser.close()
 """
-
-
 
 
 class TLSTests(TestCase):

@@ -204,8 +204,12 @@ class StaticFolderTests(TestCase):
         """
         C{%2e%2e} (any case) does not leave the folder.
         """
-        for target in ("/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/.%2e/secret.txt",
-                       "/scripts/%2e%2e/%2e%2e/secret.txt"):
+        for target in (
+            "/%2e%2e/secret.txt",
+            "/%2E%2E/secret.txt",
+            "/.%2e/secret.txt",
+            "/scripts/%2e%2e/%2e%2e/secret.txt",
+        ):
             response = yield get(self.port, target)
             self.assertRefused(response)
 
@@ -215,8 +219,13 @@ class StaticFolderTests(TestCase):
         An encoded slash (C{%2f}, C{%5c}) does not leave the folder or reach
         a file through one path segment.
         """
-        for target in ("/..%2fsecret.txt", "/%2e%2e%2fsecret.txt", "/scripts%2fapp.js",
-                       "/..%5csecret.txt", "/%2fetc%2fpasswd"):
+        for target in (
+            "/..%2fsecret.txt",
+            "/%2e%2e%2fsecret.txt",
+            "/scripts%2fapp.js",
+            "/..%5csecret.txt",
+            "/%2fetc%2fpasswd",
+        ):
             response = yield get(self.port, target)
             self.assertRefused(response)
             self.assertNotIn(b"root:", response.body)

@@ -51,10 +51,16 @@ class AdoptableTests(SynchronousTestCase):
         """
         C{--workers 2} on a port workers cannot share is one clear error.
         """
-        exc = self.assertRaises(UsageError, Options().parseOptions,
-                                ["--workers", "2", "--redis", "redis://h/0", "--port", "unix:/tmp/wsglue.sock"])
-        self.assertEqual(str(exc), "--workers 2 > 1 needs a tcp: --port, not 'unix:/tmp/wsglue.sock'"
-                         " (the workers share one TCP socket; terminate TLS in front of them)")
+        exc = self.assertRaises(
+            UsageError,
+            Options().parseOptions,
+            ["--workers", "2", "--redis", "redis://h/0", "--port", "unix:/tmp/wsglue.sock"],
+        )
+        self.assertEqual(
+            str(exc),
+            "--workers 2 > 1 needs a tcp: --port, not 'unix:/tmp/wsglue.sock'"
+            " (the workers share one TCP socket; terminate TLS in front of them)",
+        )
 
     def test_workerEndpointFromEnvironment(self) -> None:
         """
@@ -142,10 +148,21 @@ class WorkerPoolTests(TestCase):
     def setUp(self) -> Any:
         self.redis = yield startRedis(self)
         self.port = freePort()
-        self.parent = spawnDaemon(self, [
-            "--port", f"tcp:{self.port}:interface=127.0.0.1", "--redis", self.redis.url,
-            "--workers", "2", "--handler", HANDLER, "--broadcast-interval", "0",
-        ])
+        self.parent = spawnDaemon(
+            self,
+            [
+                "--port",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--redis",
+                self.redis.url,
+                "--workers",
+                "2",
+                "--handler",
+                HANDLER,
+                "--broadcast-interval",
+                "0",
+            ],
+        )
         yield self.parent.waitForOutput("started websocket server at")
         yield waitFor(lambda: self.parent.output.count("subscribed at") >= 2, timeout=20)
         self.workers = workerPids(self.parent.output)
@@ -315,10 +332,19 @@ class WorkerStartTests(TestCase):
         redis = yield startRedis(self)
         for attempt in range(3):
             port = freePort()
-            parent = spawnDaemon(self, [
-                "--port", f"tcp:{port}:interface=127.0.0.1", "--redis", redis.url,
-                "--workers", "2", "--broadcast-interval", "0",
-            ])
+            parent = spawnDaemon(
+                self,
+                [
+                    "--port",
+                    f"tcp:{port}:interface=127.0.0.1",
+                    "--redis",
+                    redis.url,
+                    "--workers",
+                    "2",
+                    "--broadcast-interval",
+                    "0",
+                ],
+            )
             yield waitFor(lambda: accepts(port) or parent.ended.called, timeout=30, interval=0.002)
             parent.signal("TERM")
             yield waitFor(lambda: parent.ended.called, timeout=30)
@@ -335,10 +361,18 @@ class WorkerStartTests(TestCase):
         """
         redis = yield startRedis(self)
         port = freePort()
-        parent = spawnDaemon(self, [], tac=os.path.join(ROOT, "glue.tac"), env={
-            "WSGLUE_PORT": f"tcp:{port}:interface=127.0.0.1", "WSGLUE_REDIS": redis.url,
-            "WSGLUE_WORKERS": "2", "WSGLUE_HANDLER": HANDLER, "WSGLUE_BROADCAST_INTERVAL": "0",
-        })
+        parent = spawnDaemon(
+            self,
+            [],
+            tac=os.path.join(ROOT, "glue.tac"),
+            env={
+                "WSGLUE_PORT": f"tcp:{port}:interface=127.0.0.1",
+                "WSGLUE_REDIS": redis.url,
+                "WSGLUE_WORKERS": "2",
+                "WSGLUE_HANDLER": HANDLER,
+                "WSGLUE_BROADCAST_INTERVAL": "0",
+            },
+        )
         yield waitFor(lambda: parent.output.count("subscribed at") >= 2, timeout=20)
         workers = set(workerPids(parent.output).values())
         self.assertEqual(len(workers), 2)

@@ -105,9 +105,7 @@ class SessionCookies:
 
     def __init__(self, name: str = "CookieName", keys: Sequence[bytes] = ()) -> None:
         if name.lower() in RESERVED_NAMES:
-            raise ValueError(
-                f"{name!r} is the name of a cookie attribute and cannot name the session cookie"
-            )
+            raise ValueError(f"{name!r} is the name of a cookie attribute and cannot name the session cookie")
         self.name = name
         self._keys = list(keys)
 

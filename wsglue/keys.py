@@ -39,9 +39,7 @@ def readKeys(path: str) -> List[bytes]:
     if not stat.S_ISREG(mode):
         raise KeyFileError(f"--secret-file {path!r} is not a regular file")
     if mode & stat.S_IROTH:
-        raise KeyFileError(
-            f"--secret-file {path!r} is readable by every user; chmod o-r it"
-        )
+        raise KeyFileError(f"--secret-file {path!r} is readable by every user; chmod o-r it")
     keys = [line.strip() for line in data.splitlines()]
     keys = [key for key in keys if key]
     if not keys:

@@ -154,4 +154,3 @@ class Limits:
             total=total,
             **fields,
         )
-

@@ -64,9 +64,7 @@ seconds = _number(float, "must be a number of seconds, 0 or more")
 count = _number(int, "must be a whole number, 0 or more")
 positive = _number(int, "must be a whole number, 1 or more", least=1)
 rate = _number(float, "must be a number, 0 or more")
-workerCount = _number(
-    int, f"must be a whole number from 1 to {MAX_WORKERS}", least=1, most=MAX_WORKERS
-)
+workerCount = _number(int, f"must be a whole number from 1 to {MAX_WORKERS}", least=1, most=MAX_WORKERS)
 
 # Options whose value is checked and converted in postOptions, so that a bad
 # value is reported with the option's name.
@@ -109,9 +107,19 @@ class GlueOptions(usage.Options):
         ["max-connections", None, 0, "WebSockets in all; above it the handshake gets 503; 0 off."],
         ["max-connections-per-ip", None, 0, "WebSockets per client address; above it 429; 0 off."],
         ["max-connections-per-session", None, 32, "Tabs per session; a further one is closed with 1008; 0 off."],
-        ["max-messages-per-second", None, 0, "Messages per connection (token bucket); a flood is closed with 1008; 0 off."],
+        [
+            "max-messages-per-second",
+            None,
+            0,
+            "Messages per connection (token bucket); a flood is closed with 1008; 0 off.",
+        ],
         ["max-send-buffer", None, 1048576, "Unsent bytes per connection; a peer that stops reading is cut off; 0 off."],
-        ["redis", None, None, "redis://[:password@]host:port/db: the registry spans every process and host on that Redis."],
+        [
+            "redis",
+            None,
+            None,
+            "redis://[:password@]host:port/db: the registry spans every process and host on that Redis.",
+        ],
         ["workers", None, 1, "Processes sharing the listening port; more than 1 requires --redis."],
     ]
 

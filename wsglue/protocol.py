@@ -284,9 +284,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         connection once the peer answers (or the close timeout passes).
         """
         if self.state == STATE_OPEN:
-            self.sendCloseFrame(
-                code=code, reasonUtf8=encode_truncate(reason, 123) if reason else None
-            )
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123) if reason else None)
         elif self.state == STATE_CONNECTING:
             self.dropConnection(abort=True)
 

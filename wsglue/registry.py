@@ -51,10 +51,7 @@ def forLog(message: Message, limit: int = 200) -> str:
     length.
     """
     if isinstance(message, str):
-        text = "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-            for c in message[:limit]
-        )
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message[:limit])
         return text + ("..." if len(message) > limit else "")
     return f"<{len(message)} bytes>"
 
@@ -165,7 +162,9 @@ class SessionRegistry:
         if self.verbose:
             _log.info(
                 "==> {text} to {sid} ({n} connections)",
-                text=forLog(message), sid=shortId(sid), n=reached,
+                text=forLog(message),
+                sid=shortId(sid),
+                n=reached,
             )
         return reached
 

@@ -65,14 +65,11 @@ def buildHandler(options: Dict[str, Any], registry: SessionRegistry) -> Any:
     except Exception as e:
         _log.failure("building the handler {handler} failed", handler=options["handler"])
         raise HandlerFailed(
-            f"wsglue: error: --handler {options['handler']}: building the handler"
-            f" failed: {type(e).__name__}: {e}"
+            f"wsglue: error: --handler {options['handler']}: building the handler failed: {type(e).__name__}: {e}"
         )
 
 
-def makeService(
-    options: Dict[str, Any], reactor: Any = None, bindNow: Optional[bool] = None
-) -> MultiService:
+def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[bool] = None) -> MultiService:
     """
     Build the wsglue service: the listening WebSocket/HTTP service and the
     demo broadcast timer, with the speed levers that C{options} chose.
@@ -125,9 +122,7 @@ def makeService(
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import ClusterRegistry
 
-        registry: SessionRegistry = ClusterRegistry(
-            options["redis-url"], reactor=reactor, counters=counters
-        )
+        registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor, counters=counters)
         # Each process sends the demo broadcast to its own connections only,
         # so each connection gets one per interval whatever the number of
         # processes and hosts.
@@ -181,15 +176,18 @@ def makeService(
     else:
         endpoint = endpoints.serverFromString(reactor, options["port"])
     listener = WebSocketService(
-        endpoint, options["port"], site, factory, reactor, handleSignals=handleSignals,
+        endpoint,
+        options["port"],
+        site,
+        factory,
+        reactor,
+        handleSignals=handleSignals,
         announce=adopted is None,
     )
     listener.setName("websocket")
     listener.setServiceParent(top)
     if options["broadcast-interval"]:
-        timer = TimerService(
-            options["broadcast-interval"], demoBroadcast, options["broadcast-message"]
-        )
+        timer = TimerService(options["broadcast-interval"], demoBroadcast, options["broadcast-message"])
         timer.clock = reactor
         timer.setName("broadcast")
         timer.setServiceParent(top)
@@ -210,5 +208,3 @@ def makeService(
 
 
 __all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment", "parseEnvironment"]
-
-

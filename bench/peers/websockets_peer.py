@@ -55,9 +55,7 @@ async def main(port: int, host: str) -> None:
 
     def processResponse(connection: ServerConnection, request: Any, response: Any) -> Any:
         if response.status_code == 101 and connection.newSession:  # type: ignore[attr-defined]
-            response.headers["Set-Cookie"] = (
-                f"{COOKIE}={connection.sid}; Path=/; HttpOnly; SameSite=Lax"  # type: ignore[attr-defined]
-            )
+            response.headers["Set-Cookie"] = f"{COOKIE}={connection.sid}; Path=/; HttpOnly; SameSite=Lax"  # type: ignore[attr-defined]
         return response
 
     async def handler(ws: ServerConnection) -> None:

@@ -43,8 +43,7 @@ def newNodeId() -> str:
     return secrets.token_hex(NODE_ID_LENGTH // 2)
 
 
-def encode(op: bytes, origin: str, message: Optional[Message] = None,
-           code: int = 1000, reason: str = "") -> bytes:
+def encode(op: bytes, origin: str, message: Optional[Message] = None, code: int = 1000, reason: str = "") -> bytes:
     """
     Encode what a node publishes: C{MAGIC, op, kind, origin node id}, then
     the payload.  Text goes as UTF-8 and binary as is (Redis strings are

@@ -17,6 +17,7 @@ from wsglue.cluster.redisurl import RedisURL
 if TYPE_CHECKING:
     from wsglue.cluster.registry import ClusterRegistry
 
+
 class RedisUnavailable(Exception):
     """
     Redis cannot be reached right now; a cluster-wide question has no answer.
@@ -237,8 +238,15 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
                 link.commandsUp()
 
     return CommandFactory(
-        None, url.db, 1, isLazy=True, charset=None, password=url.password,
-        replyTimeout=link.replyTimeout, convertNumbers=False, username=url.username,
+        None,
+        url.db,
+        1,
+        isLazy=True,
+        charset=None,
+        password=url.password,
+        replyTimeout=link.replyTimeout,
+        convertNumbers=False,
+        username=url.username,
     )
 
 
@@ -321,6 +329,12 @@ def _SubscriberFactory(link: TxRedisLink, url: RedisURL) -> Any:
             return p
 
     return SubscriberFactory(
-        None, None, 1, isLazy=True, charset=None, password=url.password,
-        convertNumbers=False, username=url.username,
+        None,
+        None,
+        1,
+        isLazy=True,
+        charset=None,
+        password=url.password,
+        convertNumbers=False,
+        username=url.username,
     )

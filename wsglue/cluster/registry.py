@@ -184,8 +184,7 @@ class ClusterRegistry(SessionRegistry):
         d: Deferred = defer.succeed(None)
         if self.link.available():
             d = defer.gatherResults(
-                [self.link.execute("DEL", self.nodeKey()),
-                 self.link.execute("ZREM", self.nodesKey, self.nodeId)],
+                [self.link.execute("DEL", self.nodeKey()), self.link.execute("ZREM", self.nodesKey, self.nodeId)],
                 consumeErrors=True,
             )
             d.addTimeout(2, self.reactor)
@@ -234,11 +233,11 @@ class ClusterRegistry(SessionRegistry):
         leaving, self._leaving = list(self._leaving), {}
         joining, self._joining = list(self._joining), {}
         for i in range(0, len(leaving), _BATCH):
-            batch = leaving[i:i + _BATCH]
+            batch = leaving[i : i + _BATCH]
             self.link.unsubscribe([self.sessionChannel(sid) for sid in batch])
             self._presence("SREM", batch)
         for i in range(0, len(joining), _BATCH):
-            batch = joining[i:i + _BATCH]
+            batch = joining[i : i + _BATCH]
             subscribed = self.link.subscribe([self.sessionChannel(sid) for sid in batch])
             if subscribed is None:
                 self._presence("SADD", batch)
@@ -378,7 +377,8 @@ class ClusterRegistry(SessionRegistry):
                 "Redis at {url} is unreachable and {limit} messages already wait for it:"
                 " dropped the oldest, only this process's connections got it"
                 " ({suppressed} more since the last warning)",
-                url=str(self.url), limit=self.holdLimit,
+                url=str(self.url),
+                limit=self.holdLimit,
             )
         self._held.append((channel, data))
         self.counters["redis_publish_held"] += 1
@@ -403,7 +403,8 @@ class ClusterRegistry(SessionRegistry):
         if self._held:
             _log.info(
                 "Redis at {url} is reachable again: publishing {n} held messages",
-                url=str(self.url), n=len(self._held),
+                url=str(self.url),
+                n=len(self._held),
             )
         self.flushHeld()
 
@@ -417,7 +418,9 @@ class ClusterRegistry(SessionRegistry):
             "Redis at {url} is unreachable ({why}); local traffic goes on,"
             " cross-process messages wait (at most {limit}), retrying"
             " ({suppressed} more since the last warning)",
-            url=str(self.url), why=why, limit=self.holdLimit,
+            url=str(self.url),
+            why=why,
+            limit=self.holdLimit,
         )
 
     def _publishFailed(self, why: str) -> None:
@@ -439,7 +442,7 @@ class ClusterRegistry(SessionRegistry):
         # A thousand channels per command keeps each one small.
         confirmations = [
             defer.maybeDeferred(lambda batch=batch: self.link.subscribe(batch))
-            for batch in (channels[i:i + _BATCH] for i in range(0, len(channels), _BATCH))
+            for batch in (channels[i : i + _BATCH] for i in range(0, len(channels), _BATCH))
         ]
         d = defer.gatherResults(confirmations, consumeErrors=True)
         d.addCallbacks(self._resubscribed, lambda f: None, callbackArgs=(len(channels) - 1,))
@@ -447,7 +450,9 @@ class ClusterRegistry(SessionRegistry):
     def _resubscribed(self, _: Any, sessions: int) -> None:
         _log.info(
             "cluster node {node} subscribed at {url}: {n} sessions",
-            node=self.nodeId[:8], url=str(self.url), n=sessions,
+            node=self.nodeId[:8],
+            url=str(self.url),
+            n=sessions,
         )
         # Whatever happened while we were away, rewrite presence in full, now
         # that every session we hold can be reached.
@@ -462,7 +467,8 @@ class ClusterRegistry(SessionRegistry):
         self._subscribed = False
         _log.warn(
             "cluster node {node} lost Redis at {url}; local traffic goes on, reconnecting",
-            node=self.nodeId[:8], url=str(self.url),
+            node=self.nodeId[:8],
+            url=str(self.url),
         )
 
     def received(self, channel: Any, data: Any) -> None:
@@ -480,8 +486,7 @@ class ClusterRegistry(SessionRegistry):
             self.counters["redis_bad_message"] += 1
             self._warn(
                 "bad",
-                "ignored a malformed message on {channel}: {why}"
-                " ({suppressed} more since the last warning)",
+                "ignored a malformed message on {channel}: {why} ({suppressed} more since the last warning)",
                 channel=channel,
                 why=str(e),
             )
@@ -495,7 +500,7 @@ class ClusterRegistry(SessionRegistry):
             if envelope.op == OP_BROADCAST:
                 SessionRegistry.broadcast(self, envelope.message)
             elif channel.startswith(self._sessionPrefix):
-                sid = channel[len(self._sessionPrefix):]
+                sid = channel[len(self._sessionPrefix) :]
                 if envelope.op == OP_SEND:
                     SessionRegistry.send(self, sid, envelope.message)
                 elif envelope.op == OP_CLOSE:
@@ -517,7 +522,11 @@ class ClusterRegistry(SessionRegistry):
         def failed(f: Failure) -> None:
             self._presenceDirty = True
             self.counters["redis_presence_failed"] += 1
-            self._warn("presence", "redis presence update failed: {why} ({suppressed} more since the last warning)", why=f.getErrorMessage())
+            self._warn(
+                "presence",
+                "redis presence update failed: {why} ({suppressed} more since the last warning)",
+                why=f.getErrorMessage(),
+            )
 
         return d.addErrback(failed)
 
@@ -538,7 +547,7 @@ class ClusterRegistry(SessionRegistry):
                 ds = [self.link.execute("DEL", key)]
                 sids = self.sessions()
                 for i in range(0, len(sids), 1000):
-                    ds.append(self.link.execute("SADD", key, *sids[i:i + 1000]))
+                    ds.append(self.link.execute("SADD", key, *sids[i : i + 1000]))
                 ds.append(self.link.execute("EXPIRE", key, ttl))
             else:
                 ds = [self.link.execute("EXPIRE", key, ttl)]

@@ -27,8 +27,7 @@ class Clock:
 
     interval = 1.0
 
-    def __init__(self, registry: SessionRegistry, clock: Any = None,
-                 now: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: SessionRegistry, clock: Any = None, now: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.now = now
         self._tick = LoopingCall(self.tick)

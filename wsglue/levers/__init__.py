@@ -218,9 +218,7 @@ class Levers:
 
         self._turnOn("reactor", reactor.precondition, reactor.installIfUnchosen)
         if twistdOptions is not None:
-            self._turnOn(
-                "log-observer", logs.precondition, lambda: logs.chooseTwistdLogger(twistdOptions)
-            )
+            self._turnOn("log-observer", logs.precondition, lambda: logs.chooseTwistdLogger(twistdOptions))
 
     def apply(
         self,

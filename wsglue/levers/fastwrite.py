@@ -143,9 +143,7 @@ def precondition() -> Optional[str]:
         FileDescriptor.__init__(blank)
     except Exception as e:
         return f"Twisted's FileDescriptor cannot be inspected: {e}"
-    return missingAttributes(
-        blank, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite")
-    )
+    return missingAttributes(blank, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite"))
 
 
 def publishAtOnce(registry: Any) -> None:

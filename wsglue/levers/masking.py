@@ -50,9 +50,7 @@ class SmallMasker:
             mask = mask[offset:] + mask[:offset]
         self._ptr += n
         key = (mask * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
-            n, "little"
-        )
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 def createXorMasker(mask: bytes, length: Optional[int] = None) -> Any:

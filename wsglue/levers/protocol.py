@@ -60,6 +60,7 @@ STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 STATE_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 SEND_STATE_GROUND = WebSocketServerProtocol.SEND_STATE_GROUND
 
+
 class _LazyText(str):
     """
     C{func(arg)}, computed only when it is formatted or printed.  A C{str}
@@ -326,7 +327,6 @@ del _name
 _OPTION_ORDER = {name: i for i, name in enumerate(_OPTIONS)}
 
 
-
 # The message and frame hooks of Autobahn's protocol; a subclass that
 # overrides one of them sees every frame through Autobahn's parser.
 _FRAME_HOOKS = (
@@ -351,9 +351,7 @@ def _readsAsAutobahn(cls: type) -> bool:
     """
     plain = _plainClasses.get(cls)
     if plain is None:
-        plain = _plainClasses[cls] = all(
-            getattr(cls, name) is getattr(LeveredProtocol, name) for name in _FRAME_HOOKS
-        )
+        plain = _plainClasses[cls] = all(getattr(cls, name) is getattr(LeveredProtocol, name) for name in _FRAME_HOOKS)
     return plain
 
 
@@ -404,7 +402,6 @@ def _drained(transport: Any) -> bool:
         and not transport._tempDataLen
         and not transport.TLS
     )
-
 
 
 class LeveredProtocol(GlueServerProtocol):
@@ -487,9 +484,7 @@ class LeveredProtocol(GlueServerProtocol):
             # shorter one (see GlueSite.buildProtocol).
             timeout = front.handshakeTimeout
         if timeout > 0:
-            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
-                timeout, self.onOpenHandshakeTimeout
-            )
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(timeout, self.onOpenHandshakeTimeout)
         self.factory.countConnections += 1
 
     def onOpenHandshakeTimeout(self) -> None:
@@ -582,12 +577,7 @@ class LeveredProtocol(GlueServerProtocol):
         except Exception:
             return None
         parts = status.split()
-        if (
-            len(parts) != 3
-            or parts[0] != "GET"
-            or parts[2] != "HTTP/1.1"
-            or not _QUICK_PATH.fullmatch(parts[1])
-        ):
+        if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1" or not _QUICK_PATH.fullmatch(parts[1]):
             return None
         factory: GlueServerFactory = self.factory
         host = headers.get("host")
@@ -705,9 +695,7 @@ class LeveredProtocol(GlueServerProtocol):
             failure = txaio.create_failure()
             self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
             self.log.warn("{tb}", tb=txaio.failure_format_traceback(failure))
-            self.failHandshake(
-                f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR
-            )
+            self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
             return
         self.websocket_protocol_in_use = None
         self.websocket_extensions_in_use = []
@@ -741,9 +729,7 @@ class LeveredProtocol(GlueServerProtocol):
         self.inside_message = False
         self.current_frame = None
         if self.autoPingInterval:
-            self.autoPingPendingCall = factory._batched_timer.call_later(
-                self.autoPingInterval, self._sendAutoPing
-            )
+            self.autoPingPendingCall = factory._batched_timer.call_later(self.autoPingInterval, self._sendAutoPing)
         self._onOpen()
         waiting = self.__dict__.get("is_open")
         if waiting is not None:
@@ -797,9 +783,7 @@ class LeveredProtocol(GlueServerProtocol):
                 kept[name] = value
         if len(options) > 1:
             options.sort(key=_OPTION_ORDER.__getitem__)
-        self.__class__ = self.factory.optionsClass(
-            type(self), tuple(options), tuple([state[name] for name in options])
-        )
+        self.__class__ = self.factory.optionsClass(type(self), tuple(options), tuple([state[name] for name in options]))
         self.__dict__ = kept
 
     # -- the hot path -------------------------------------------------------
@@ -882,8 +866,7 @@ class LeveredProtocol(GlueServerProtocol):
             if length:
                 key = data[pos + 2 : start] * ((length >> 2) + 1)
                 payload = (
-                    int.from_bytes(data[start:stop], "little")
-                    ^ int.from_bytes(key[:length], "little")
+                    int.from_bytes(data[start:stop], "little") ^ int.from_bytes(key[:length], "little")
                 ).to_bytes(length, "little")
             else:
                 payload = b""

@@ -172,9 +172,7 @@ class WebSocketService(Service):
             raise CannotListen(f"wsglue: listening on {self.description} did not complete")
         result = results[0]
         if isinstance(result, Failure):
-            raise CannotListen(
-                f"wsglue: cannot listen on {self.description}: {result.getErrorMessage()}"
-            )
+            raise CannotListen(f"wsglue: cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
         for hook in self.onListening:
             hook(result)
@@ -238,4 +236,3 @@ class WebSocketService(Service):
             yield d
         except TimeoutError:
             pass
-

@@ -137,9 +137,7 @@ def workerLogObserver() -> Any:
     if Levers.current().on:
         from wsglue.levers.logs import TurnFileLogObserver, formatEvent
 
-        return TurnFileLogObserver(
-            sys.stdout, lambda event: workerLines(event, formatEvent), reactor
-        )
+        return TurnFileLogObserver(sys.stdout, lambda event: workerLines(event, formatEvent), reactor)
     return FileLogObserver(sys.stdout, workerLines)
 
 
@@ -302,13 +300,23 @@ class WorkerPool(Service):
         env[FD_VARIABLE] = str(INHERITED_FD)
         env[FAMILY_VARIABLE] = str(int(family))
         argv = [
-            sys.executable, "-c", _TWISTD,
-            "--nodaemon", "--pidfile=", "--logger=wsglue.process.workers.workerLogObserver",
-            "wsglue", *self.argv, "--workers=1",
+            sys.executable,
+            "-c",
+            _TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "--logger=wsglue.process.workers.workerLogObserver",
+            "wsglue",
+            *self.argv,
+            "--workers=1",
         ]
         proto = _WorkerProtocol(self, index)
         self.reactor.spawnProcess(
-            proto, sys.executable, argv, env=env, path=os.getcwd(),
+            proto,
+            sys.executable,
+            argv,
+            env=env,
+            path=os.getcwd(),
             childFDs={0: "w", 1: "r", 2: "r", INHERITED_FD: self.port.fileno()},
         )
         self.workers[index] = proto
@@ -332,7 +340,10 @@ class WorkerPool(Service):
         delay = min(0.5 * 2 ** (failures - 1), self.maxRestartDelay) if failures else 0.5
         _log.warn(
             "worker {index} (pid {pid}) exited ({how}); restarting it in {delay:.1f}s",
-            index=index, pid=proto.pid, how=how, delay=delay,
+            index=index,
+            pid=proto.pid,
+            how=how,
+            delay=delay,
         )
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
