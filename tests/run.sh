@@ -8,9 +8,9 @@
 # 2. Two virtualenvs, each with wsglue and its test extra: .venv with the
 #    newest set tested (constraints/newest.txt) and .venv-floor with the
 #    floor set (constraints/floor.txt), the two ends of setup.py's ranges.
-# 3. In each: ruff and mypy (once pyproject.toml configures them), then the
-#    trial suite twice, with the speed levers on (the default) and with
-#    WSGLUE_NO_LEVERS=1.
+# 3. ruff and mypy on the newest set (once pyproject.toml configures them),
+#    then in each virtualenv the trial suite twice, with the speed levers on
+#    (the default) and with WSGLUE_NO_LEVERS=1.
 #
 # Every check runs even when one before it failed; the script ends with one
 # line per check, the time of each part, and "N passed, M failed" (counting
@@ -33,12 +33,16 @@ banner() {
     printf '\n==== %s ====\n\n' "$*"
 }
 
-# timed NAME COMMAND...: run COMMAND (set -e stays in force), note its time.
+# timed NAME COMMAND...: run COMMAND, note its time; the script stops here
+# if it fails (nothing can be checked without it).
 timed() {
     local name=$1 start=$SECONDS
     shift
     banner "$name: $*"
-    "$@"
+    if ! "$@"; then
+        echo "tests/run.sh: $name failed, so no check was run" >&2
+        exit 1
+    fi
     timings+=("$(printf '%-24s %4ds' "$name" $((SECONDS - start)))")
 }
 
@@ -50,21 +54,20 @@ check() {
     banner "$name: $*"
     if "$@" 2>&1 | tee "$log"; then status=0; else status=$?; fi
     local took=$((SECONDS - start))
-    if [ "$status" -eq 0 ]; then
-        verdict=PASSED
-        passed=$((passed + 1))
-    else
-        verdict="FAILED (exit status $status)"
-        failed=$((failed + 1))
-    fi
     # trial's closing lines: "Ran N tests in ...s", "PASSED (skips=4, successes=627)"
     detail=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\} in .*/\1 tests/p' "$log" | tail -n 1)
     local tally
     tally=$(sed -n 's/^\(PASSED\|FAILED\) (\(.*\))$/\2/p' "$log" | tail -n 1)
-    if [ -n "$detail" ]; then
-        detail=" ($detail${tally:+: $tally})"
+    detail="$detail${tally:+: $tally}"
+    if [ "$status" -eq 0 ]; then
+        verdict=PASSED
+        passed=$((passed + 1))
+    else
+        verdict=FAILED
+        detail="${detail:+$detail; }exit status $status"
+        failed=$((failed + 1))
     fi
-    results+=("$name: $verdict$detail")
+    results+=("$name: $verdict${detail:+ ($detail)}")
     timings+=("$(printf '%-24s %4ds' "$name" "$took")")
 }
 
@@ -92,15 +95,17 @@ timed "venv floor" sh -c "python3 -m venv .venv-floor && .venv-floor/bin/pip ins
 for set in newest floor; do
     if [ "$set" = newest ]; then venv=.venv; else venv=.venv-floor; fi
     # Lint and types once, on the newest set (the code is the same).
-    if [ "$set" = newest ] && hasTool ruff; then
-        check "$set/ruff" "$venv/bin/python" -m ruff check wsglue tests bench
-    else
-        results+=("$set/ruff: skipped (no [tool.ruff] in pyproject.toml)")
-    fi
-    if [ "$set" = newest ] && hasTool mypy; then
-        check "$set/mypy" "$venv/bin/python" -m mypy
-    else
-        results+=("$set/mypy: skipped (no [tool.mypy] in pyproject.toml)")
+    if [ "$set" = newest ]; then
+        if hasTool ruff; then
+            check "$set/ruff" "$venv/bin/python" -m ruff check wsglue tests bench
+        else
+            results+=("$set/ruff: skipped (no [tool.ruff] in pyproject.toml)")
+        fi
+        if hasTool mypy; then
+            check "$set/mypy" "$venv/bin/python" -m mypy
+        else
+            results+=("$set/mypy: skipped (no [tool.mypy] in pyproject.toml)")
+        fi
     fi
     trialRun "$set/levers" "$venv" on
     trialRun "$set/no-levers" "$venv" off
