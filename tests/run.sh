@@ -98,6 +98,7 @@ for set in newest floor; do
     if [ "$set" = newest ]; then
         if hasTool ruff; then
             check "$set/ruff" "$venv/bin/python" -m ruff check wsglue tests bench
+            check "$set/format" "$venv/bin/python" -m ruff format --check wsglue tests bench
         else
             results+=("$set/ruff: skipped (no [tool.ruff] in pyproject.toml)")
         fi
