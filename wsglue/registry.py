@@ -339,6 +339,17 @@ class SessionRegistry:
                 if self.verbose:
                     self._logSend(message, sid, reached)
                 return reached
+            if not conns:
+                return 0
+            # No stream: a wsglue.v1 connection here has not said hello
+            # (that makes the stream), and gets nothing until it does.
+            prepared = prepare(message)
+            reached = sum(
+                conn.sendPrepared(prepared) for conn in list(conns) if getattr(conn, "continuity", None) is None
+            )
+            if self.verbose:
+                self._logSend(message, sid, reached)
+            return reached
         if not conns:
             return 0
         prepared = prepare(message)
