@@ -11,6 +11,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from tests.common import Client, connect, cookieValue, serve, waitFor
@@ -395,3 +396,95 @@ class HostileTests(Base):
         c = yield self.connect()
         closed = yield c.closed
         self.assertEqual(closed[0], 1002)
+
+
+class DedupeTests(Base):
+    """
+    Client message ids: per client of a session, within the window.
+    """
+
+    def received(self) -> List[Any]:
+        return [e[3] for e in self.recorder.events if e[0] == "received"]
+
+    @inlineCallbacks
+    def test_floodOfRepeatedIds(self) -> Any:
+        """
+        A flood of one id: each acked, the handler given it once, the
+        connection kept.
+        """
+        c, _ = yield self.hello()
+        for _ in range(2000):
+            c.frame(t="m", id=1, d="none")
+        acks = yield nextMessages(c, 2000)
+        self.assertEqual(acks, [{"t": "ack", "id": 1}] * 2000)
+        self.assertEqual(self.received(), ["none"])
+        self.assertEqual(len(self.registry.connections(self.sidOf(c))), 1)
+
+    @inlineCallbacks
+    def test_twoTabsTwoClients(self) -> Any:
+        """
+        Two tabs of a session are two clients: the same id from each is
+        handed to the handler twice.
+        """
+        one, _ = yield self.hello()
+        two, _ = yield self.hello(cookieHeader(one), client="tab-0002")
+        one.frame(t="m", id=1, d="none")
+        two.frame(t="m", id=1, d="none")
+        yield one.nextMessage()
+        yield two.nextMessage()
+        self.assertEqual(self.received(), ["none", "none"])
+
+    @inlineCallbacks
+    def test_sameClientAfterReconnect(self) -> Any:
+        """
+        The same client on a new connection: an id it sent before is
+        acked, not handed again.
+        """
+        one, _ = yield self.hello()
+        one.frame(t="m", id=5, d="none")
+        yield one.nextMessage()
+        one.sendClose(1000)
+        yield one.closed
+        again, _ = yield self.hello(cookieHeader(one))
+        again.frame(t="m", id=5, d="none")
+        self.assertEqual((yield again.nextMessage()), {"t": "ack", "id": 5})
+        self.assertEqual(self.received(), ["none"])
+
+    @inlineCallbacks
+    def test_forgottenAfterTtl(self) -> Any:
+        """
+        A client that has had no connection for the history ttl is
+        forgotten: its ids count as new.
+        """
+        clock = Clock()
+        assert self.registry.history is not None
+        self.registry.history.clock = clock
+        self.registry.clock = clock
+        one, _ = yield self.hello()
+        keep, _ = yield self.hello(cookieHeader(one), client="tab-keeps")
+        one.frame(t="m", id=5, d="none")
+        yield one.nextMessage()
+        one.sendClose(1000)
+        yield one.closed
+        yield waitFor(lambda: len(self.registry.connections(self.sidOf(one))) == 1)
+        clock.advance(120)
+        again, _ = yield self.hello(cookieHeader(one))
+        again.frame(t="m", id=5, d="none")
+        yield again.nextMessage()
+        self.assertEqual(self.received(), ["none", "none"])
+
+    @inlineCallbacks
+    def test_anotherSessionsEpoch(self) -> Any:
+        """
+        Resuming with another session's stream position: not recovered,
+        nothing of the other session replayed.
+        """
+        mine, welcome = yield self.hello()
+        theirs, theirWelcome = yield self.hello(client="tab-other")
+        self.registry.send(self.sidOf(theirs), "private")
+        yield theirs.nextMessage()
+        resume = {"s": [theirWelcome["s"][0], 0], "b": welcome["b"]}
+        again, welcome2 = yield self.hello(cookieHeader(mine), client="tab-again", resume=resume)
+        self.assertFalse(welcome2["recovered"])
+        self.registry.send(self.sidOf(mine), "mine")
+        self.assertEqual((yield again.nextMessage()), {"t": "m", "s": "s", "o": 1, "d": "mine"})
