@@ -89,3 +89,32 @@ class ContinuityOptionsTests(SynchronousTestCase):
         configureContinuity(registry, parse("--history-size", "0"), Clock())
         self.assertIsNone(registry.history)
         self.assertIsNone(registry.broadcastStream)
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """
+    The variables of C{glue.tac}.
+    """
+
+    def test_variables(self) -> None:
+        """
+        C{WSGLUE_HISTORY_SIZE} and its siblings set the options; a bad value
+        names the variable.
+        """
+        from wsglue.tap import parseEnvironment
+
+        o = Options()
+        parseEnvironment(
+            o,
+            {
+                "WSGLUE_HISTORY_SIZE": "3",
+                "WSGLUE_HISTORY_BYTES": "4",
+                "WSGLUE_HISTORY_TTL": "5",
+                "WSGLUE_PRESENCE_GRACE": "6",
+            },
+        )
+        self.assertEqual(
+            (o["history-size"], o["history-bytes"], o["history-ttl"], o["presence-grace"]), (3, 4, 5.0, 6.0)
+        )
+        exc = self.assertRaises(UsageError, parseEnvironment, Options(), {"WSGLUE_HISTORY_TTL": "x"})
+        self.assertIn("WSGLUE_HISTORY_TTL", str(exc))
