@@ -14,7 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import RunningService, freePort, serve, waitFor
+from tests.common import RunningService, freePort, serve, spawnDaemon, waitFor
 from wsglue.client import GlueClient, backoff
 
 
@@ -356,3 +356,42 @@ class BackoffTests(SynchronousTestCase):
         Never under a tenth of the shortest delay.
         """
         self.assertEqual(backoff(0, lambda: 0.0), 0.05)
+
+
+class DaemonRestarted(TestCase):
+    """
+    A real C{twistd wsglue} restarted under a client.
+    """
+
+    @inlineCallbacks
+    def test_daemonRestarted(self) -> Any:
+        """
+        The daemon stops (1001: the client comes back soon) and starts
+        again on the same port: the client resumes, is told
+        C{recovered: false} with new epochs, and its messages still reach
+        the handler.
+        """
+        port = freePort()
+        args = ["--port", f"tcp:{port}:interface=127.0.0.1", "--broadcast-interval", "0"]
+        first = spawnDaemon(self, args)
+        yield first.waitForOutput(f"started websocket server at ws://127.0.0.1:{port}")
+        c = RecordingClient(f"ws://127.0.0.1:{port}/", reactor=reactor)
+        self.addCleanup(c.stop)
+        c.start()
+        yield waitFor(lambda: len(c.welcomes) == 1, timeout=10)
+        c.send("ping")
+        yield waitFor(lambda: c.replies == ["pong"])
+        old = dict(c.positions)
+        first.signal("TERM")
+        self.assertEqual((yield first.ended), 0, first.output)
+        yield waitFor(lambda: c.lastClose == 1001)
+        second = spawnDaemon(self, args)
+        yield second.waitForOutput(f"started websocket server at ws://127.0.0.1:{port}")
+        c.clock.advance(60)
+        yield waitFor(lambda: len(c.welcomes) == 2, timeout=10)
+        welcome = c.welcomes[1]
+        self.assertFalse(welcome["recovered"])
+        self.assertNotEqual(welcome["s"][0], old["s"][0])  # type: ignore[index]
+        self.assertNotEqual(welcome["b"][0], old["b"][0])  # type: ignore[index]
+        c.send("ping")
+        yield waitFor(lambda: c.replies == ["pong", "pong"])
