@@ -114,6 +114,13 @@ class SessionRegistry:
     A session may hold several connections at once (browser tabs share the
     cookie).  A session is present exactly while it holds at least one
     connection.
+
+    With continuity on (L{configure} with a L{History}), C{send} and
+    C{broadcast} number each message in the session's stream or the
+    broadcast stream, for the C{wsglue.v1} clients that come back
+    (L{wsglue.continuity}).  Presence (L{online}, L{watchPresence}) lasts
+    a grace period beyond the last connection, so that a reload is not a
+    departure.
     """
 
     def __init__(self) -> None:
