@@ -488,3 +488,26 @@ class DedupeTests(Base):
         self.assertFalse(welcome2["recovered"])
         self.registry.send(self.sidOf(mine), "mine")
         self.assertEqual((yield again.nextMessage()), {"t": "m", "s": "s", "o": 1, "d": "mine"})
+
+
+class CountersTests(Base):
+    """
+    The daemon's counters of resumes and protocol errors.
+    """
+
+    @inlineCallbacks
+    def test_counted(self) -> Any:
+        """
+        A resume is counted as recovered or not; a protocol error as one.
+        """
+        counters = self.running.factory.counters
+        c, welcome = yield self.hello()
+        yield self.hello(cookieHeader(c), client="tab-0002", resume={"s": welcome["s"], "b": welcome["b"]})
+        yield self.hello(cookieHeader(c), client="tab-0003", resume={"s": ["gone", 0], "b": welcome["b"]})
+        bad = yield self.connect()
+        bad.send("{")
+        yield bad.closed
+        self.assertEqual(
+            (counters["resumes_recovered"], counters["resumes_not_recovered"], counters["v1_protocol_errors"]),
+            (1, 1, 1),
+        )

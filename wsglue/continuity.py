@@ -218,10 +218,15 @@ class SessionProtocol:
         messages reach it only from then on.
     """
 
-    __slots__ = ("conn", "sid", "registry", "handler", "answered", "_client", "_clients", "_timer")
+    __slots__ = ("conn", "sid", "registry", "handler", "counters", "answered", "_client", "_clients", "_timer")
 
-    def __init__(self, conn: Any, sid: str, registry: Any, handler: Any, helloTimeout: float = 0) -> None:
+    def __init__(
+        self, conn: Any, sid: str, registry: Any, handler: Any, helloTimeout: float = 0, counters: Any = None
+    ) -> None:
         self.conn = conn
+        # The daemon's counters: resumes_recovered, resumes_not_recovered
+        # (a hello with positions), v1_protocol_errors.
+        self.counters = counters
         self.sid = sid
         self.registry = registry
         self.handler = handler
@@ -303,6 +308,8 @@ class SessionProtocol:
             self._fail(1002, "no hello in time")
 
     def _fail(self, code: int, reason: str) -> None:
+        if self.counters is not None:
+            self.counters.add("v1_protocol_errors")
         _log.debug("wsglue.v1 protocol error from {sid}: {reason}", sid=shortId(self.sid), reason=reason)
         self.conn.close(code, reason)
 
@@ -331,6 +338,8 @@ class SessionProtocol:
             broadcastGap = broadcast.since(*resume[1])
             if sessionGap is not None and broadcastGap is not None:
                 gaps = (sessionGap, broadcastGap)
+        if resume is not None and self.counters is not None:
+            self.counters.add("resumes_recovered" if gaps is not None else "resumes_not_recovered")
         send = self.conn.sendRaw
         send(welcomeFrame(gaps is not None, session.position(), broadcast.position()))
         self.answered = True

@@ -127,7 +127,12 @@ class GlueServerProtocol(WebSocketServerProtocol):
         self._registered = True
         if self.websocket_protocol_in_use == SUBPROTOCOL:
             self.continuity = SessionProtocol(
-                self, sid, factory.registry, factory.handler, helloTimeout=factory.handshakeTimeout
+                self,
+                sid,
+                factory.registry,
+                factory.handler,
+                helloTimeout=factory.handshakeTimeout,
+                counters=factory.counters,
             )
         _log.info(
             "session opened: {sid}",
