@@ -48,6 +48,11 @@ class FakeSession:
 
 
 class V1Connection(FakeConnection):
+    """
+    A fake C{wsglue.v1} connection; the test counts it in the registry's
+    C{v1Connections} as L{wsglue.continuity.SessionProtocol} does.
+    """
+
     def __init__(self, answered: bool = True) -> None:
         FakeConnection.__init__(self)
         self.continuity = FakeSession(answered)
@@ -84,6 +89,7 @@ class SendTests(SynchronousTestCase):
         registry, _ = registryWithHistory()
         v1 = V1Connection()
         registry.add(A, v1)
+        registry.v1Connections += 1
         stream = registry.sessionStream(A, create=True)
         registry.send(A, "one")
         registry.send(A, b"\x00")
@@ -101,6 +107,7 @@ class SendTests(SynchronousTestCase):
         """
         registry, _ = registryWithHistory()
         registry.add(A, V1Connection(answered=False))
+        registry.v1Connections += 1
         stream = registry.sessionStream(A, create=True)
         self.assertEqual(registry.send(A, "x"), 0)
         assert stream is not None
@@ -141,11 +148,35 @@ class BroadcastTests(SynchronousTestCase):
         conns = [FakeConnection(), V1Connection(), FakeConnection(), V1Connection()]
         for i, conn in enumerate(conns):
             registry.add(A if i % 2 else B, conn)
+        registry.v1Connections = 2
         self.assertEqual(registry.broadcast("news"), 4)
         self.assertIs(conns[0].prepared[0], conns[2].prepared[0])
         self.assertIs(conns[1].continuity.delivered[0], conns[3].continuity.delivered[0])
         self.assertEqual(conns[0].received(), [prepare("news").payloadHybi])
         self.assertEqual(conns[1].continuity.frames(), [{"t": "m", "s": "b", "o": 1, "d": "news"}])
+
+    def test_noV1ConnectionsPlainLoop(self) -> None:
+        """
+        While no C{wsglue.v1} connection is open, a broadcast is still
+        numbered, and plain connections get the plain frame.
+        """
+        registry, _ = registryWithHistory()
+        plain = FakeConnection()
+        registry.add(A, plain)
+        self.assertEqual(registry.broadcast("x"), 1)
+        self.assertEqual(plain.received(), [prepare("x").payloadHybi])
+        assert registry.broadcastStream is not None
+        self.assertEqual(registry.broadcastStream.position()[1], 1)
+
+    def test_wrongTypeNotNumbered(self) -> None:
+        """
+        A message that is neither text nor bytes raises C{TypeError} and
+        takes no offset.
+        """
+        registry, _ = registryWithHistory()
+        self.assertRaises(TypeError, registry.broadcast, 5)
+        assert registry.broadcastStream is not None
+        self.assertEqual(registry.broadcastStream.position()[1], 0)
 
     def test_appendedWithoutConnections(self) -> None:
         """

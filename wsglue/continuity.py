@@ -218,7 +218,7 @@ class SessionProtocol:
         messages reach it only from then on.
     """
 
-    __slots__ = ("conn", "sid", "registry", "handler", "counters", "answered", "_client", "_clients", "_timer")
+    __slots__ = ("conn", "sid", "registry", "handler", "counters", "answered", "_client", "_clients", "_timer", "_open")
 
     def __init__(
         self, conn: Any, sid: str, registry: Any, handler: Any, helloTimeout: float = 0, counters: Any = None
@@ -234,6 +234,10 @@ class SessionProtocol:
         self._client: Optional[ClientIds] = None
         self._clients: Optional[Dict[str, ClientIds]] = None
         self._timer: Any = None
+        # Counted in the registry while open, so that its sends walk the
+        # plain path alone while no wsglue.v1 connection is open.
+        self._open = True
+        registry.v1Connections += 1
         if helloTimeout > 0:
             self._timer = registry.history.clock.callLater(helloTimeout, self._noHello)
 
@@ -287,6 +291,10 @@ class SessionProtocol:
         """
         The connection closed.
         """
+        if not self._open:
+            return
+        self._open = False
+        self.registry.v1Connections -= 1
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()

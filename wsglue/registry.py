@@ -147,6 +147,9 @@ class SessionRegistry:
         self._started: Optional[Callable[[str], None]] = None
         self._ended: Optional[Callable[[str], None]] = None
         self._stopped = False
+        # wsglue.v1 connections open (see SessionProtocol): while there are
+        # none, sends skip looking for them.
+        self.v1Connections = 0
 
     def configure(self, history: Optional[History] = None, presenceGrace: float = 30.0, clock: Any = None) -> None:
         """
@@ -379,6 +382,8 @@ class SessionRegistry:
         to plain connections, the C{wsglue.v1} frame (built once, when the
         first such connection is met) to the others.
         """
+        if not self.v1Connections:
+            return sum(conn.sendPrepared(prepared) for conn in list(conns))
         framed: Optional[PreparedMessage] = None
         reached = 0
         for conn in list(conns):
@@ -400,11 +405,13 @@ class SessionRegistry:
         @return: the number of connections reached.
         """
         stream = self.broadcastStream
-        if stream is None:
-            if not self._count:
-                return 0
-            prepared = prepare(message)
-            reached = 0
+        if stream is None and not self._count:
+            return 0
+        prepared = prepare(message)
+        reached = 0
+        if stream is not None:
+            offset = stream.append(message)
+        if stream is None or not self.v1Connections:
             # Copies, since a send may close a connection and change the
             # registry; each session's is taken as it is reached, so that the
             # first frames leave before the loop has walked every session.
@@ -412,11 +419,6 @@ class SessionRegistry:
                 for conn in list(conns):
                     reached += conn.sendPrepared(prepared)
         else:
-            prepared = prepare(message)
-            offset = stream.append(message)
-            if not self._count:
-                return 0
-            reached = 0
             framed: Optional[PreparedMessage] = None
             for conns in list(self._sessions.values()):
                 for conn in list(conns):

@@ -118,8 +118,8 @@ class Stream:
         @return: its offset.
         """
         history = self._history
-        self.last += 1
         size = messageSize(message)
+        self.last += 1
         now = history.clock.seconds()
         kept = self._kept
         # What the ttl dropped goes now too, so that a stream nobody
