@@ -184,16 +184,21 @@ def connect(
     path: str = "/",
     trust: Optional[bytes] = None,
     hostname: str = "127.0.0.1",
+    protocols: Sequence[str] = (),
+    clientProtocol: Any = None,
 ) -> Deferred:
     """
     Open a WebSocket to 127.0.0.1:C{port} with extra request C{headers};
     over TLS (C{wss://}) when C{trust} is the PEM certificate to trust, which
-    must name C{hostname}.  Fires with the open L{Client}; fails if the
-    handshake is refused.  The connection is dropped when the test ends.
+    must name C{hostname}; offering the subprotocols C{protocols}; with
+    C{clientProtocol} (a L{Client} subclass) for the client.  Fires with
+    the open L{Client}; fails if the handshake is refused.  The connection is dropped when the test ends.
     """
     scheme = "ws" if trust is None else "wss"
-    factory = WebSocketClientFactory(f"{scheme}://{hostname}:{port}{path}", headers=headers or {})
-    factory.protocol = Client
+    factory = WebSocketClientFactory(
+        f"{scheme}://{hostname}:{port}{path}", headers=headers or {}, protocols=list(protocols) or None
+    )
+    factory.protocol = clientProtocol or Client
     factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
     endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
     if trust is not None:

@@ -9,6 +9,9 @@ any of::
                                   a result that is not None (str, bytes or a
                                   Deferred firing with one) is sent on conn
     closed(sid, conn)             that connection closed
+    sessionStarted(sid)           the session's first connection opened
+    sessionEnded(sid)             the session has had no connection for
+                                  --presence-grace seconds
 
 C{conn} offers C{send(message)} and C{close(code=1000, reason="")}.  An
 exception raised by a handler is logged with its traceback and affects no
@@ -83,6 +86,23 @@ class HandlerAdapter:
         self._opened = getattr(handler, "opened", None)
         self._received = getattr(handler, "received", None)
         self._closed = getattr(handler, "closed", None)
+        self._sessionStarted = getattr(handler, "sessionStarted", None)
+        self._sessionEnded = getattr(handler, "sessionEnded", None)
+
+    @property
+    def wantsPresence(self) -> bool:
+        """
+        Whether the handler is told when sessions start and end.
+        """
+        return self._sessionStarted is not None or self._sessionEnded is not None
+
+    def sessionStarted(self, sid: str) -> None:
+        if self._sessionStarted is not None:
+            self._call("sessionStarted", sid, self._sessionStarted, sid)
+
+    def sessionEnded(self, sid: str) -> None:
+        if self._sessionEnded is not None:
+            self._call("sessionEnded", sid, self._sessionEnded, sid)
 
     def opened(self, sid: str, conn: Any) -> None:
         if self._opened is not None:

@@ -80,6 +80,10 @@ NUMBERS: Dict[str, Callable[[str, Any], Any]] = {
     "max-messages-per-second": rate,
     "max-send-buffer": count,
     "workers": workerCount,
+    "history-size": count,
+    "history-bytes": count,
+    "history-ttl": seconds,
+    "presence-grace": seconds,
 }
 
 
@@ -121,6 +125,10 @@ class GlueOptions(usage.Options):
             "redis://[:password@]host:port/db: the registry spans every process and host on that Redis.",
         ],
         ["workers", None, 1, "Processes sharing the listening port; more than 1 requires --redis."],
+        ["history-size", None, 100, "Messages kept per stream for clients that resume; 0 turns continuity off."],
+        ["history-bytes", None, 262144, "Bytes kept per stream; 0 for no byte bound."],
+        ["history-ttl", None, 120.0, "Seconds a message stays replayable, and a session's stream outlives it."],
+        ["presence-grace", None, 30.0, "Seconds without a connection before a session has ended."],
     ]
 
     optFlags: List[List[Any]] = [

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsglue.admission import Admission
+from wsglue.continuity import SUBPROTOCOL, SessionProtocol
 from wsglue.cookies import SessionCookies, shortId
 from wsglue.counters import RateLimitedWarning
 from wsglue.handlers import HandlerAdapter, PingPong
@@ -86,19 +87,28 @@ class GlueServerProtocol(WebSocketServerProtocol):
     _admitted: Optional[str] = None
     _bucket: Optional[TokenBucket] = None
     _flow: Optional[SendFlow] = None
+    # The wsglue.v1 side of the connection, when the client selected it
+    # (None: a plain connection).  The registry reads it on every send.
+    continuity: Optional[SessionProtocol] = None
 
     # -- handshake ----------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> Tuple[None, Dict[str, str]]:
+    def onConnect(self, request: ConnectionRequest) -> Tuple[Optional[str], Dict[str, str]]:
         """
         Admit the handshake (L{Admission.admit}): a refusal raises
         L{ConnectionDeny}, which Autobahn answers with its status.  Return
-        no subprotocol and the headers to add to the 101.
+        the subprotocol selected (C{wsglue.v1} when the client offers it and
+        continuity is on; none otherwise, so that a client offering only
+        subprotocols we do not know is served plainly) and the headers to
+        add to the 101.
         """
         admitted = self.factory.admission.admit(self.transport, request.headers, request.origin)
         self._admitted = admitted.address
         self.sid = admitted.sid
-        return None, admitted.headers
+        selected = None
+        if SUBPROTOCOL in request.protocols and self.factory.registry.history is not None:
+            selected = SUBPROTOCOL
+        return selected, admitted.headers
 
     def onOpen(self) -> None:
         factory: GlueServerFactory = self.factory
@@ -115,6 +125,15 @@ class GlueServerProtocol(WebSocketServerProtocol):
         self._watchFlow()
         factory.registry.add(sid, self)
         self._registered = True
+        if self.websocket_protocol_in_use == SUBPROTOCOL:
+            self.continuity = SessionProtocol(
+                self,
+                sid,
+                factory.registry,
+                factory.handler,
+                helloTimeout=factory.handshakeTimeout,
+                counters=factory.counters,
+            )
         _log.info(
             "session opened: {sid}",
             sid=shortId(sid),
@@ -172,6 +191,10 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if factory.verbose:
             # Not "message": twisted.logger's legacy bridge owns that key.
             _log.info("<== {text} from {sid}", text=forLog(message), sid=shortId(self.sid or ""))
+        session = self.continuity
+        if session is not None:
+            session.received(message)
+            return
         factory.handler.received(self.sid or "", self, message)
 
     def dropConnection(self, abort: bool = False) -> None:
@@ -191,7 +214,8 @@ class GlueServerProtocol(WebSocketServerProtocol):
             transport = self.transport
             WebSocketServerProtocol.dropConnection(self, abort=False)
             self._lingering = self.factory.reactor.callLater(
-                getattr(self, "closeHandshakeTimeout", 3) or 3, transport.abortConnection
+                getattr(self, "closeHandshakeTimeout", 3) or 3,
+                transport.abortConnection,  # type: ignore[attr-defined]
             )
             return
         WebSocketServerProtocol.dropConnection(self, abort)
@@ -220,6 +244,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
         factory: GlueServerFactory = self.factory
         sid = self.sid
         assert sid is not None
+        session = self.continuity
+        if session is not None:
+            session.closed()
         factory.registry.remove(sid, self)
         _log.info("session closed: {sid}", sid=shortId(sid), code=code)
         factory.handler.closed(sid, self)
@@ -229,8 +256,20 @@ class GlueServerProtocol(WebSocketServerProtocol):
 
     def send(self, message: Message) -> bool:
         """
-        Send C{message}: C{str} as a text frame, C{bytes} as a binary frame.
+        Send C{message}: C{str} as a text frame, C{bytes} as a binary frame;
+        on a C{wsglue.v1} connection, as a connection-scoped reply frame.
         Return C{False} (and send nothing) if the connection is not open.
+        """
+        session = self.continuity
+        if session is not None:
+            return self.sendRaw(session.reply(message))
+        return self.sendRaw(message)
+
+    def sendRaw(self, message: Message) -> bool:
+        """
+        Send C{message} as one frame, as it is: C{str} as a text frame,
+        C{bytes} as a binary frame.  Return C{False} (and send nothing) if
+        the connection is not open.
         """
         if isinstance(message, str):
             payload, binary = message.encode("utf-8"), False
@@ -333,7 +372,11 @@ class GlueServerFactory(WebSocketServerFactory):
         if handler is None:
             handler = handlerFactory(self.registry)
         self.handler = HandlerAdapter(handler)
+        if self.handler.wantsPresence:
+            self.registry.watchPresence(self.handler.sessionStarted, self.handler.sessionEnded)
         self.verbose = verbose
+        # A wsglue.v1 client has this long to say hello once open.
+        self.handshakeTimeout = handshakeTimeout
         # --verbose covers what server code sends through the registry too.
         self.registry.verbose = verbose
         self._emptyWaiters: List[Deferred] = []

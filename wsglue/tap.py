@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
@@ -22,6 +22,7 @@ from wsglue.origin import OriginPolicy
 from wsglue.process.service import WebSocketService
 from wsglue.protocol import GlueServerFactory
 from wsglue.registry import SessionRegistry
+from wsglue.streams import History
 from wsglue.web.front import makeSite
 
 _log = Logger()
@@ -67,6 +68,38 @@ def buildHandler(options: Dict[str, Any], registry: SessionRegistry) -> Any:
         raise HandlerFailed(
             f"wsglue: error: --handler {options['handler']}: building the handler failed: {type(e).__name__}: {e}"
         )
+
+
+def configureContinuity(registry: SessionRegistry, options: Dict[str, Any], reactor: Any) -> None:
+    """
+    Give C{registry} its history (C{--history-size}, C{--history-bytes},
+    C{--history-ttl}: continuity, off with size 0) and its presence grace.
+    """
+    history = History(
+        options.get("history-size", 100),
+        options.get("history-bytes", 262144),
+        options.get("history-ttl", 120.0),
+        clock=reactor,
+    )
+    registry.configure(history, options.get("presence-grace", 30.0), clock=reactor)
+
+
+class RegistryService(Service):
+    """
+    Cancels the registry's timers (kept sessions, presence) when the
+    service stops.
+    """
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.registry.startTimers()
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.registry.stopTimers()
 
 
 def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[bool] = None) -> MultiService:
@@ -130,6 +163,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     else:
         registry = SessionRegistry()
         demoBroadcast = registry.broadcast
+    configureContinuity(registry, options, reactor)
     limits = Limits(
         maxConnections=options["max-connections"],
         maxConnectionsPerIp=options["max-connections-per-ip"],
@@ -170,6 +204,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         # Before the listener: services stop in reverse order, so Redis is
         # left only after every connection has closed.
         RedisService(registry).setServiceParent(top)
+    RegistryService(registry).setServiceParent(top)
     if adopted is not None:
         endpoint = adopted
         watchParent(reactor)

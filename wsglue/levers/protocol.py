@@ -10,7 +10,7 @@ on by L{wsglue.levers.Levers.apply}, never by importing this module:
 
   - the quick opening handshake (L{LeveredProtocol.processHandshake});
   - the short frame reader (L{LeveredProtocol._readFrames}) and the direct
-    writes of small frames (C{send}, C{sendPrepared}, C{sendData});
+    writes of small frames (C{sendRaw}, C{sendPrepared}, C{sendData});
   - compaction (L{LeveredProtocol._compact}): the factory's protocol
     options as class attributes, the handshake's state dropped once open;
   - lazy state: what Autobahn's C{__init__} and C{connectionMade} build
@@ -906,10 +906,11 @@ class LeveredProtocol(GlueServerProtocol):
 
     # -- the conn interface -------------------------------------------------
 
-    def send(self, message: Message) -> bool:
+    def sendRaw(self, message: Message) -> bool:
         """
-        Send C{message}: C{str} as a text frame, C{bytes} as a binary frame.
-        Return C{False} (and send nothing) if the connection is not open.
+        Send C{message} as one frame, as it is: C{str} as a text frame,
+        C{bytes} as a binary frame.  Return C{False} (and send nothing) if
+        the connection is not open.
         """
         if self.state != STATE_OPEN or self._sendBufferFull(0):
             return False
