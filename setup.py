@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.11",
     packages=[
         "wsglue",
+        "wsglue.api",
         "wsglue.cluster",
         "wsglue.examples",
         "wsglue.levers",
@@ -24,7 +25,7 @@ setup(
         "twisted.plugins",
     ],
     package_dir={"wsglue.static": "static"},
-    package_data={"wsglue.static": ["*.html", "scripts/*.js"]},
+    package_data={"wsglue.static": ["*.html", "scripts/*.js"], "wsglue.api": ["openapi.json"]},
     include_package_data=False,
     zip_safe=False,
     # The ranges below are the tested ones: the whole suite passes at both
@@ -58,6 +59,8 @@ setup(
             # Twisted's own reactor test suites, which tests/test_reactor.py
             # runs against wsglue's reactor, import it.
             "pyhamcrest>=2,<3",
+            # The HTTP API's tests talk to it with treq.
+            "treq>=23.11,<27",
             # Lint and type checks (tests/run.sh, configured in
             # pyproject.toml): their rules change between minor releases.
             "ruff>=0.17.6,<0.18",

@@ -121,6 +121,13 @@ class GlueOptions(usage.Options):
             "redis://[:password@]host:port/db: the registry spans every process and host on that Redis.",
         ],
         ["workers", None, 1, "Processes sharing the listening port; more than 1 requires --redis."],
+        ["api", None, None, "Endpoint of the HTTP API and /metrics, on a port of its own [default: off]."],
+        [
+            "api-key-file",
+            None,
+            None,
+            "File of the API's bearer keys, one a line, any may be used (required with --api).",
+        ],
     ]
 
     optFlags: List[List[Any]] = [
@@ -219,6 +226,8 @@ class GlueOptions(usage.Options):
                     " (the workers share one TCP socket; terminate TLS in front of them)"
                 )
 
+        self.checkApi()
+
         if self["handler"] is None:
             self["handler-factory"] = PingPong
         else:
@@ -226,6 +235,37 @@ class GlueOptions(usage.Options):
                 self["handler-factory"] = loadHandler(self["handler"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
+
+    def checkApi(self) -> None:
+        """
+        Check C{--api} and C{--api-key-file} as C{--port} is checked, and
+        read the keys (C{api-keys}) so that a missing or empty key file is
+        one line at start-up.
+        """
+        from twisted.internet import reactor
+
+        self["api-keys"] = []
+        if self["api"] is None:
+            if self["api-key-file"] is not None:
+                raise usage.UsageError("--api-key-file is only used with --api")
+            return
+        try:
+            endpoint = endpoints.serverFromString(reactor, self["api"])
+        except Exception as e:
+            raise usage.UsageError(f"--api {self['api']!r} is not a valid endpoint: {e}")
+        problem = endpointProblem(endpoint)
+        if problem is not None:
+            raise usage.UsageError(f"--api {self['api']!r} is not a valid endpoint: {problem}")
+        if self["workers"] > 1:
+            # The workers would each need the API socket and the parent a
+            # way to add up their metrics; neither exists yet.
+            raise usage.UsageError(f"--api cannot be used with --workers {self['workers']} > 1 yet")
+        if self["api-key-file"] is None:
+            raise usage.UsageError("--api requires --api-key-file (the bearer keys of the API)")
+        try:
+            self["api-keys"] = readKeys(self["api-key-file"], "--api-key-file")
+        except KeyFileError as e:
+            raise usage.UsageError(str(e))
 
 
 # The longest path of a unix socket (sun_path holds 108 bytes on Linux, 104

@@ -199,12 +199,30 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         top=top,
         ownProcess=handleSignals,
     )
+    if options.get("api") is not None:
+        api = apiService(options, registry, counters, reactor)
+        api.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
     top.levers = levers  # type: ignore[attr-defined]
     if bindNow:
         listener.bind()
+        if options.get("api") is not None:
+            top.getServiceNamed("api").bind()
     return top
+
+
+def apiService(options: Dict[str, Any], registry: SessionRegistry, counters: Counters, reactor: Any) -> Any:
+    """
+    The HTTP API's listening service (C{--api}), named C{api}.
+    """
+    from wsglue.api.service import ApiService
+    from wsglue.api.site import makeApiSite
+
+    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], reactor=reactor)
+    service = ApiService(endpoints.serverFromString(reactor, options["api"]), options["api"], site)
+    service.setName("api")
+    return service
 
 
 __all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment", "parseEnvironment"]
