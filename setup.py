@@ -46,6 +46,9 @@ setup(
         # txredisapi's own parser is what the JIT is good at. (2.1 is the
         # first with wheels for CPython 3.11.)
         'hiredis>=2.1,<4; platform_python_implementation == "CPython"',
+        # GET /metrics: the text format, written by a collector of our own
+        # (its API has not changed since long before 0.17).
+        "prometheus_client>=0.17,<0.27",
     ],
     extras_require={
         "test": [

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsglue.cookies import SessionCookies
-from wsglue.counters import Counters
+from wsglue.counters import Counters, timeBroadcasts
 from wsglue.levers import Levers
 from wsglue.limits import Limits
 from wsglue.options import GlueOptions, defaultStaticPath, optionsFromEnvironment, parseEnvironment
@@ -122,14 +122,15 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import ClusterRegistry
 
+        # Each process sends the demo broadcast to its own connections only
+        # (broadcastLocal), so each connection gets one per interval whatever
+        # the number of processes and hosts.
         registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor, counters=counters)
-        # Each process sends the demo broadcast to its own connections only,
-        # so each connection gets one per interval whatever the number of
-        # processes and hosts.
-        demoBroadcast = registry.broadcastLocal
     else:
         registry = SessionRegistry()
-        demoBroadcast = registry.broadcast
+    # Before anything takes hold of its broadcast methods.
+    timeBroadcasts(registry, counters)
+    demoBroadcast = getattr(registry, "broadcastLocal", registry.broadcast)
     limits = Limits(
         maxConnections=options["max-connections"],
         maxConnectionsPerIp=options["max-connections-per-ip"],
@@ -216,10 +217,12 @@ def apiService(options: Dict[str, Any], registry: SessionRegistry, counters: Cou
     """
     The HTTP API's listening service (C{--api}), named C{api}.
     """
+    from wsglue.api.metrics import MetricsResource
     from wsglue.api.service import ApiService
     from wsglue.api.site import makeApiSite
 
-    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], reactor=reactor)
+    metrics = MetricsResource(counters, registry)
+    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], metrics, reactor)
     service = ApiService(endpoints.serverFromString(reactor, options["api"]), options["api"], site)
     service.setName("api")
     return service

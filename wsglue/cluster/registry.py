@@ -68,6 +68,7 @@ COUNTERS = (
     "redis_received",
     "redis_bad_message",
     "redis_presence_failed",
+    "redis_connect_failed",
 )
 
 # The most sessions or channels in one Redis command.
@@ -323,7 +324,7 @@ class ClusterRegistry(SessionRegistry):
         """
         subscribedHere = self._subscribed
         d = self._publishCounted(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
-        local = SessionRegistry.broadcast(self, message)
+        local = self.broadcastLocal(message)
         return d.addCallback(lambda n: local + max(0, n - subscribedHere))
 
     def closeCounted(self, sid: str, code: int = 1000, reason: str = "") -> Deferred:
@@ -481,6 +482,7 @@ class ClusterRegistry(SessionRegistry):
         An attempt to connect to Redis failed (txredisapi tries again, with
         backoff): say so, at most once per warning interval.
         """
+        self.counters["redis_connect_failed"] += 1
         self._warn(
             "unreachable",
             "Redis at {url} is unreachable ({why}); local traffic goes on,"
