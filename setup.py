@@ -52,7 +52,8 @@ setup(
     ],
     extras_require={
         "test": [
-            "hypothesis>=6.80,<7",
+            # 6.130.12: the oldest schemathesis takes.
+            "hypothesis>=6.130.12,<7",
             "playwright>=1.40,<2",
             # Twisted[tls]'s pyOpenSSL (25.2 at the floor) needs 45.0.7.
             "cryptography>=45.0.7,<51",
@@ -62,8 +63,11 @@ setup(
             # Twisted's own reactor test suites, which tests/test_reactor.py
             # runs against wsglue's reactor, import it.
             "pyhamcrest>=2,<3",
-            # The HTTP API's tests talk to it with treq.
-            "treq>=23.11,<27",
+            # The HTTP API's tests talk to it with treq, and check it against
+            # its OpenAPI document with schemathesis (whose checks change
+            # between minor releases).
+            "treq>=24.9.1,<27",
+            "schemathesis>=4.32.5,<4.33",
             # Lint and type checks (tests/run.sh, configured in
             # pyproject.toml): their rules change between minor releases.
             "ruff>=0.17.6,<0.18",

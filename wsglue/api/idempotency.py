@@ -37,13 +37,16 @@ class KeyInUse(Exception):
     """
 
 
-def scopedKey(method: bytes, path: bytes, key: str) -> str:
+def scopedKey(method: bytes, uri: bytes, contentType: bytes, body: bytes, key: str) -> str:
     """
-    The name under which C{key} is kept: per method and path, so that a key
-    reused for another call is another key.
+    The name under which C{key} is kept: per request (method, path and
+    query, body and its type), so that a key reused for another request is
+    another key and never answers it with what was done for the first.
     """
-    digest = hashlib.sha256(method + b" " + path + b" " + key.encode("utf-8")).hexdigest()
-    return digest
+    digest = hashlib.sha256()
+    for part in (method, uri, contentType, hashlib.sha256(body).digest(), key.encode("ascii")):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
 
 
 class MemoryKeys:

@@ -37,6 +37,7 @@ DEFAULT_PAGE = 100
 CLOSE_CODES = "1000 or 3000-4999"
 MAX_REASON_BYTES = 123
 MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,%d}$" % MAX_IDEMPOTENCY_KEY)
 
 
 class ApiError(Exception):
@@ -183,9 +184,12 @@ class ApiResource(Resource):
         if header is None or method not in (b"POST", b"DELETE"):
             result = yield call(request, **params)
             return 200, result
-        if not header or len(header) > MAX_IDEMPOTENCY_KEY or not header.isprintable():
-            raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
-        key = scopedKey(method, request.path, header)
+        if not IDEMPOTENCY_KEY.match(header):
+            raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")
+        body = request.content.read()
+        request.content.seek(0)
+        kind = (_header(request, b"content-type") or "").encode("latin-1")
+        key = scopedKey(method, request.uri, kind, body, header)
         try:
             first = yield self.idempotency.claim(key)
         except KeyInUse:
