@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
 
 from tests.api_client import KEYS, keyFile, serveApi
-from tests.common import connect, cookieValue, options, rawConnect, waitFor
+from tests.common import connect, cookieValue, freePort, options, rawConnect, spawnDaemon, waitFor
 from tests.redis_server import startRedis
+from wsglue.api.idempotency import KeyInUse, MemoryKeys
 
 SID_X = "f" * 40
 
@@ -612,3 +618,99 @@ def _eventually(ask: Any, timeout: float = 10) -> Any:
             return
         yield deferLater(reactor, 0.05, lambda: None)
     raise AssertionError("never true")
+
+
+class DaemonTests(TestCase):
+    """
+    C{twistd -n wsglue --api ...}: the API of a real daemon.
+    """
+
+    timeout = 60
+
+    def args(self, apiPort: int) -> list:
+        return [
+            "--port",
+            f"tcp:{freePort()}:interface=127.0.0.1",
+            "--api",
+            f"tcp:{apiPort}:interface=127.0.0.1",
+            "--api-key-file",
+            keyFile(self),
+            "--broadcast-interval",
+            "0",
+        ]
+
+    @inlineCallbacks
+    def test_serves(self) -> Any:
+        """
+        The daemon says where the API listens and answers on it.
+        """
+        apiPort = freePort()
+        daemon = spawnDaemon(self, self.args(apiPort))
+        yield daemon.waitForOutput(f"started api server at http://127.0.0.1:{apiPort}")
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        response = yield agent.request(
+            b"GET",
+            f"http://127.0.0.1:{apiPort}/api/sessions".encode(),
+            Headers({"Authorization": [f"Bearer {KEYS[0]}"]}),
+        )
+        body = yield readBody(response)
+        self.assertEqual((response.code, json.loads(body)), (200, {"sessions": [], "next": None}))
+
+    @inlineCallbacks
+    def test_portInUse(self) -> Any:
+        """
+        An API port that cannot be bound ends the daemon at once with one
+        line naming it, exit status 1.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        apiPort = taken.getsockname()[1]
+        daemon = spawnDaemon(self, self.args(apiPort))
+        status = yield daemon.ended
+        self.assertEqual(status, 1, daemon.output)
+        self.assertIn(f"wsglue: cannot listen on --api tcp:{apiPort}:interface=127.0.0.1", daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+
+
+class MemoryKeysTests(SynchronousTestCase):
+    """
+    Idempotency keys in memory.
+    """
+
+    def test_lifecycle(self) -> None:
+        """
+        A new key is claimed; while its answer is pending a repeat is
+        refused (409 for the client); once kept, a repeat gets the answer;
+        after the TTL the key is new again.
+        """
+        clock = Clock()
+        keys = MemoryKeys(clock, ttl=300)
+        self.assertIsNone(self.successResultOf(keys.claim("k")))
+        self.failureResultOf(keys.claim("k"), KeyInUse)
+        keys.keep("k", (200, b"{}"))
+        self.assertEqual(self.successResultOf(keys.claim("k")), (200, b"{}"))
+        clock.advance(301)
+        self.assertIsNone(self.successResultOf(keys.claim("k")))
+
+    def test_released(self) -> None:
+        """
+        A released key (its request failed) is new again.
+        """
+        keys = MemoryKeys(Clock())
+        keys.claim("k")
+        keys.release("k")
+        self.assertIsNone(self.successResultOf(keys.claim("k")))
+
+    def test_bounded(self) -> None:
+        """
+        Past the limit the oldest keys are forgotten.
+        """
+        keys = MemoryKeys(Clock(), limit=3)
+        for name in "abcd":
+            keys.claim(name)
+            keys.keep(name, (200, name.encode()))
+        keys.claim("e")
+        self.assertIsNone(self.successResultOf(keys.claim("a")))
+        self.assertEqual(self.successResultOf(keys.claim("d")), (200, b"d"))
