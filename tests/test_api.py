@@ -8,17 +8,20 @@ batch, wrong methods, no key).
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import socket
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from tests.api_client import KEYS, keyFile, serveApi
@@ -109,14 +112,26 @@ class OptionTests(SynchronousTestCase):
         message = self.error("--api", "tcp:70000", "--api-key-file", keyFile(self))
         self.assertIn("port number must be from 0 to 65535", message)
 
-    def test_notWithWorkers(self) -> None:
+    def test_workersNeedTcp(self) -> None:
         """
-        C{--api} with C{--workers} over 1 is refused in one line.
+        With C{--workers} over 1, C{--api} must be a TCP endpoint (the
+        workers share its socket).
         """
         message = self.error(
+            "--api",
+            "unix:/tmp/wsglue-api.sock",
+            "--api-key-file",
+            keyFile(self),
+            "--workers",
+            "2",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        )
+        self.assertIn("--workers 2 > 1 needs a tcp: --api, not 'unix:/tmp/wsglue-api.sock'", message)
+        o = options(
             "--api", "tcp:0", "--api-key-file", keyFile(self), "--workers", "2", "--redis", "redis://127.0.0.1:1/0"
         )
-        self.assertIn("--api cannot be used with --workers 2", message)
+        self.assertEqual(o["workers"], 2)
 
 
 class CallTests(TestCase):
@@ -672,6 +687,85 @@ class DaemonTests(TestCase):
         self.assertEqual(status, 1, daemon.output)
         self.assertIn(f"wsglue: cannot listen on --api tcp:{apiPort}:interface=127.0.0.1", daemon.output)
         self.assertNotIn("Traceback", daemon.output)
+
+
+class WorkersTests(TestCase):
+    """
+    C{--workers N} with C{--api}: the parent binds the API's port once, the
+    workers share it, and one scrape covers every worker.
+    """
+
+    timeout = 90
+
+    @inlineCallbacks
+    def test_sharedAndAddedUp(self) -> Any:
+        """
+        Two workers: every call works whichever worker answers, a broadcast
+        reaches the connections of both, and each scrape counts the
+        connections and handshakes of both.
+        """
+        redis = yield startRedis(self)
+        port, apiPort = freePort(), freePort()
+        daemon = spawnDaemon(
+            self,
+            [
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--api",
+                f"tcp:{apiPort}:interface=127.0.0.1",
+                "--api-key-file",
+                keyFile(self),
+                "--broadcast-interval",
+                "0",
+                "--workers",
+                "2",
+                "--redis",
+                redis.url,
+            ],
+        )
+        yield daemon.waitForOutput(f"started api server at http://127.0.0.1:{apiPort}")
+        yield waitFor(lambda: daemon.output.count("accepting api requests at") == 2, timeout=30)
+        # Until both workers hold some (the kernel hands each connection to
+        # whichever worker accepts first).
+        clients = []
+        while len(clients) < 8 or len(set(re.findall(r"\[worker (\d+)\] session opened", daemon.output))) < 2:
+            self.assertLess(len(clients), 60, "one worker took every connection")
+            clients.append((yield connect(self, port)))
+            yield waitFor(lambda: daemon.output.count("session opened") == len(clients))
+        total = len(clients)
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+        @inlineCallbacks
+        def scrape() -> Any:
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{apiPort}/metrics".encode())
+            body = yield readBody(response)
+            samples = {}
+            for family in text_string_to_metric_families(body.decode()):
+                for sample in family.samples:
+                    samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            return samples
+
+        # The other worker's part is at most a second old: every scrape
+        # (whichever worker answers it) soon counts them all.
+        seen = []
+        for _ in range(100):
+            samples = yield scrape()
+            seen.append(samples[("wsglue_connections", ())])
+            if seen[-3:] == [total] * 3:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(seen[-3:], [total] * 3, seen)
+        self.assertEqual(samples[("wsglue_handshakes_total", (("result", "accepted"),))], total)
+        response = yield agent.request(
+            b"POST",
+            f"http://127.0.0.1:{apiPort}/api/broadcast".encode(),
+            Headers({"Authorization": [f"Bearer {KEYS[0]}"], "Content-Type": ["text/plain"]}),
+            FileBodyProducer(io.BytesIO(b"everyone")),
+        )
+        body = json.loads((yield readBody(response)))
+        self.assertGreaterEqual(body["delivered"], 1)
+        for client in clients:
+            self.assertEqual((yield client.nextMessage()), "everyone")
 
 
 class MemoryKeysTests(SynchronousTestCase):

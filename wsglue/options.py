@@ -257,9 +257,13 @@ class GlueOptions(usage.Options):
         if problem is not None:
             raise usage.UsageError(f"--api {self['api']!r} is not a valid endpoint: {problem}")
         if self["workers"] > 1:
-            # The workers would each need the API socket and the parent a
-            # way to add up their metrics; neither exists yet.
-            raise usage.UsageError(f"--api cannot be used with --workers {self['workers']} > 1 yet")
+            from wsglue.process.workers import adoptable
+
+            if not adoptable(self["api"]):
+                raise usage.UsageError(
+                    f"--workers {self['workers']} > 1 needs a tcp: --api, not {self['api']!r}"
+                    " (the workers share one TCP socket)"
+                )
         if self["api-key-file"] is None:
             raise usage.UsageError("--api requires --api-key-file (the bearer keys of the API)")
         try:

@@ -5,6 +5,7 @@ wires the parts of the service together and turns the speed levers on.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional
 
 from twisted.application.internet import TimerService
@@ -107,6 +108,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
             workers,
             reactor,
             handleSignals=handleSignals,
+            api=apiService(options, None, counters, reactor, parent=True) if options.get("api") else None,
         )
         pool.setName("workers")
         top = MultiService()
@@ -201,7 +203,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         ownProcess=handleSignals,
     )
     if options.get("api") is not None:
-        api = apiService(options, registry, counters, reactor)
+        api = apiService(options, registry, counters, reactor, adopt=handleSignals)
         api.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
@@ -213,17 +215,39 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     return top
 
 
-def apiService(options: Dict[str, Any], registry: SessionRegistry, counters: Counters, reactor: Any) -> Any:
+def apiService(
+    options: Dict[str, Any],
+    registry: Optional[SessionRegistry],
+    counters: Counters,
+    reactor: Any,
+    adopt: bool = False,
+    parent: bool = False,
+) -> Any:
     """
     The HTTP API's listening service (C{--api}), named C{api}.
-    """
-    from wsglue.api.metrics import MetricsResource
-    from wsglue.api.service import ApiService
-    from wsglue.api.site import makeApiSite
 
-    metrics = MetricsResource(counters, registry)
+    @param adopt: in a worker of C{--workers N} (under twistd), serve the
+        socket the parent bound, and share the counters with the other
+        workers (L{wsglue.api.shared}).
+    @param parent: for the parent of C{--workers N}, which only binds it.
+    """
+    from wsglue.api.service import ApiService
+
+    if parent:
+        return ApiService(endpoints.serverFromString(reactor, options["api"]), options["api"], None)
+    assert registry is not None
+    from wsglue.api.metrics import MetricsResource
+    from wsglue.api.shared import SharedCounters
+    from wsglue.api.site import makeApiSite
+    from wsglue.process.workers import API_FAMILY_VARIABLE, API_FD_VARIABLE, METRICS_VARIABLE, workerEndpoint
+
+    adopted = workerEndpoint(reactor, fdVariable=API_FD_VARIABLE, familyVariable=API_FAMILY_VARIABLE) if adopt else None
+    folder = os.environ.get(METRICS_VARIABLE) if adopted is not None else None
+    shared = SharedCounters(folder, counters, registry) if folder else None
+    metrics = MetricsResource(counters, registry, shared.others if shared is not None else None)
     site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], metrics, reactor)
-    service = ApiService(endpoints.serverFromString(reactor, options["api"]), options["api"], site)
+    endpoint = adopted if adopted is not None else endpoints.serverFromString(reactor, options["api"])
+    service = ApiService(endpoint, options["api"], site, announce=adopted is None, shared=shared, reactor=reactor)
     service.setName("api")
     return service
 

@@ -11,7 +11,7 @@ too, a counter per bucket (L{wsglue.counters.observeBroadcast}).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +22,9 @@ from wsglue.api.http import errorBody
 from wsglue.counters import BROADCAST_BUCKETS, Counters
 from wsglue.limits import COUNTERS as LIMITS
 from wsglue.registry import SessionRegistry
+
+# What the other workers left (see wsglue.api.shared).
+Others = Callable[[], List[Dict[str, Any]]]
 
 # The counters that say something went wrong with Redis.
 REDIS_ERRORS = (
@@ -40,25 +43,51 @@ def _labelled(counters: Counters, name: str) -> Iterator[Tuple[List[str], int]]:
             yield key[len(prefix) :].split(":"), value
 
 
+def _labelledCounter(
+    counters: Counters, metric: str, what: str, name: str, labels: List[str], always: List[List[str]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(metric, what, labels=labels)
+    seen: Dict[Tuple[str, ...], int] = {tuple(values): 0 for values in always}
+    for values, count in _labelled(counters, name):
+        if len(values) == len(labels):
+            seen[tuple(values)] = count
+    for key, count in sorted(seen.items()):
+        family.add_metric(list(key), count)
+    return family
+
+
 class GlueCollector:
     """
     A prometheus_client collector reading C{counters} and C{registry} when
     scraped.
     """
 
-    def __init__(self, counters: Counters, registry: SessionRegistry) -> None:
+    def __init__(self, counters: Counters, registry: SessionRegistry, others: Optional[Others] = None) -> None:
         self.counters = counters
         self.registry = registry
+        # With --workers: the other workers' latest numbers (wsglue.api.shared).
+        self.others = others
 
     def collect(self) -> Iterator[Metric]:
         c = self.counters
+        connections = self.registry.connectionCount
+        sessions = len(self.registry)
+        if self.others is not None:
+            c = Counters()
+            c.update(self.counters)
+            for other in self.others():
+                for name, count in other.get("counters", {}).items():
+                    c[name] += int(count)
+                connections += int(other.get("connections", 0))
+                sessions += int(other.get("sessions", 0))
+        yield GaugeMetricFamily("wsglue_connections", "Open WebSocket connections.", value=connections)
         yield GaugeMetricFamily(
-            "wsglue_connections", "Open WebSocket connections in this process.", value=self.registry.connectionCount
+            "wsglue_sessions",
+            "Sessions with a connection (with --workers, summed over the workers).",
+            value=sessions,
         )
-        yield GaugeMetricFamily(
-            "wsglue_sessions", "Sessions with a connection in this process.", value=len(self.registry)
-        )
-        yield self._labelledCounter(
+        yield _labelledCounter(
+            c,
             "wsglue_handshakes",
             "WebSocket handshakes, by result.",
             "handshakes",
@@ -72,8 +101,8 @@ class GlueCollector:
             ("bytes_sent", "Payload bytes of the messages sent."),
         ):
             yield CounterMetricFamily(f"wsglue_{name}", what, value=c[name])
-        yield self._labelledCounter(
-            "wsglue_closes", "WebSocket connections closed, by close code.", "closes", ["code"], []
+        yield _labelledCounter(
+            c, "wsglue_closes", "WebSocket connections closed, by close code.", "closes", ["code"], []
         )
         limits = CounterMetricFamily(
             "wsglue_limit_hits", "Times a limit refused or closed a connection, by limit.", labels=["limit"]
@@ -81,21 +110,24 @@ class GlueCollector:
         for name in LIMITS:
             limits.add_metric([name], c[name])
         yield limits
-        yield self._labelledCounter(
+        yield _labelledCounter(
+            c,
             "wsglue_resumes",
             "wsglue.v1 resumes, by whether the missed messages were replayed.",
             "resumes",
             ["recovered"],
             [["true"], ["false"]],
         )
-        yield self._labelledCounter(
+        yield _labelledCounter(
+            c,
             "wsglue_api_requests",
             "HTTP API requests answered, by route and status.",
             "api_requests",
             ["route", "status"],
             [],
         )
-        yield self._labelledCounter(
+        yield _labelledCounter(
+            c,
             "wsglue_source_entries",
             "Entries read from stream sources, by result.",
             "source_entries",
@@ -120,18 +152,6 @@ class GlueCollector:
             sum_value=c["broadcast_seconds_sum_ns"] / 1e9,
         )
 
-    def _labelledCounter(
-        self, metric: str, what: str, name: str, labels: List[str], always: List[List[str]]
-    ) -> CounterMetricFamily:
-        family = CounterMetricFamily(metric, what, labels=labels)
-        seen: Dict[Tuple[str, ...], int] = {tuple(values): 0 for values in always}
-        for values, count in _labelled(self.counters, name):
-            if len(values) == len(labels):
-                seen[tuple(values)] = count
-        for key, count in sorted(seen.items()):
-            family.add_metric(list(key), count)
-        return family
-
 
 class MetricsResource(Resource):
     """
@@ -140,11 +160,11 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, counters: Counters, registry: SessionRegistry) -> None:
+    def __init__(self, counters: Counters, registry: SessionRegistry, others: Optional[Others] = None) -> None:
         Resource.__init__(self)
         self.counters = counters
         self.collectors = CollectorRegistry(auto_describe=False)
-        self.collectors.register(GlueCollector(counters, registry))  # type: ignore[arg-type]
+        self.collectors.register(GlueCollector(counters, registry, others))  # type: ignore[arg-type]
 
     def render(self, request: Any) -> bytes:
         if request.method in (b"GET", b"HEAD"):
