@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.11",
     packages=[
         "wsglue",
+        "wsglue.api",
         "wsglue.cluster",
         "wsglue.examples",
         "wsglue.levers",
@@ -24,7 +25,7 @@ setup(
         "twisted.plugins",
     ],
     package_dir={"wsglue.static": "static"},
-    package_data={"wsglue.static": ["*.html", "scripts/*.js"]},
+    package_data={"wsglue.static": ["*.html", "scripts/*.js"], "wsglue.api": ["openapi.json"]},
     include_package_data=False,
     zip_safe=False,
     # The ranges below are the tested ones: the whole suite passes at both
@@ -45,10 +46,14 @@ setup(
         # txredisapi's own parser is what the JIT is good at. (2.1 is the
         # first with wheels for CPython 3.11.)
         'hiredis>=2.1,<4; platform_python_implementation == "CPython"',
+        # GET /metrics: the text format, written by a collector of our own
+        # (its API has not changed since long before 0.17).
+        "prometheus_client>=0.17,<0.27",
     ],
     extras_require={
         "test": [
-            "hypothesis>=6.80,<7",
+            # 6.130.12: the oldest schemathesis takes.
+            "hypothesis>=6.130.12,<7",
             "playwright>=1.40,<2",
             # Twisted[tls]'s pyOpenSSL (25.2 at the floor) needs 45.0.7.
             "cryptography>=45.0.7,<51",
@@ -58,6 +63,11 @@ setup(
             # Twisted's own reactor test suites, which tests/test_reactor.py
             # runs against wsglue's reactor, import it.
             "pyhamcrest>=2,<3",
+            # The HTTP API's tests talk to it with treq, and check it against
+            # its OpenAPI document with schemathesis (whose checks change
+            # between minor releases).
+            "treq>=24.9.1,<27",
+            "schemathesis>=4.32.5,<4.33",
             # Lint and type checks (tests/run.sh, configured in
             # pyproject.toml): their rules change between minor releases.
             "ruff>=0.17.6,<0.18",

@@ -508,6 +508,6 @@ class CountersTests(Base):
         bad.send("{")
         yield bad.closed
         self.assertEqual(
-            (counters["resumes_recovered"], counters["resumes_not_recovered"], counters["v1_protocol_errors"]),
+            (counters["resumes:true"], counters["resumes:false"], counters["v1_protocol_errors"]),
             (1, 1, 1),
         )

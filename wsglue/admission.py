@@ -68,10 +68,12 @@ class Admission:
         secure = self.isSecureRequest(transport, headers)
         if not self.origins.allows(origin, headers.get("host", ""), secure):
             _log.info("origin refused: {origin}", origin=origin)
+            self.limits.counters.add("handshakes:refused")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         address = self.clientAddress(transport, headers)
         refusal = self.limits.admit(address)
         if refusal is not None:
+            self.limits.counters.add("handshakes:refused")
             raise ConnectionDeny(*refusal)
         cookies = self.cookies
         header = headers.get("cookie")
@@ -84,6 +86,7 @@ class Admission:
                 self.limits.bite("refused_cookie")
             sid, value = cookies.issue()
             response["Set-Cookie"] = cookies.setCookieHeader(value, secure)
+        self.limits.counters.add("handshakes:accepted")
         return Admitted(sid, address, response)
 
     def isSecureRequest(self, transport: Any, headers: Dict[str, str]) -> bool:

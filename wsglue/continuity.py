@@ -224,8 +224,9 @@ class SessionProtocol:
         self, conn: Any, sid: str, registry: Any, handler: Any, helloTimeout: float = 0, counters: Any = None
     ) -> None:
         self.conn = conn
-        # The daemon's counters: resumes_recovered, resumes_not_recovered
-        # (a hello with positions), v1_protocol_errors.
+        # The daemon's counters: resumes:true and resumes:false (a hello
+        # with positions; the metrics' wsglue_resumes_total{recovered}),
+        # v1_protocol_errors.
         self.counters = counters
         self.sid = sid
         self.registry = registry
@@ -347,7 +348,7 @@ class SessionProtocol:
             if sessionGap is not None and broadcastGap is not None:
                 gaps = (sessionGap, broadcastGap)
         if resume is not None and self.counters is not None:
-            self.counters.add("resumes_recovered" if gaps is not None else "resumes_not_recovered")
+            self.counters.add("resumes:true" if gaps is not None else "resumes:false")
         send = self.conn.sendRaw
         send(welcomeFrame(gaps is not None, session.position(), broadcast.position()))
         self.answered = True

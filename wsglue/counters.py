@@ -10,11 +10,15 @@ few log lines with totals instead of one line per event.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
 _log = Logger()
+
+# The upper bounds of the broadcast histogram's buckets, in seconds.
+BROADCAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Counters(Dict[str, int]):
@@ -36,6 +40,20 @@ class Counters(Dict[str, int]):
         """
         for name in names:
             self.setdefault(name, 0)
+
+    def sent(self, size: int) -> None:
+        """
+        Count a message of C{size} payload bytes sent to a connection.
+        """
+        self["messages_sent"] += 1
+        self["bytes_sent"] += size
+
+    def received(self, size: int) -> None:
+        """
+        Count a message of C{size} payload bytes received from a connection.
+        """
+        self["messages_received"] += 1
+        self["bytes_received"] += size
 
     def add(self, name: str, n: int = 1) -> int:
         """
@@ -76,3 +94,36 @@ class RateLimitedWarning:
         suppressed = self._held.pop(key, 0)
         self.log.warn(format, suppressed=suppressed, since=suppressed + 1, **fields)
         return True
+
+
+def observeBroadcast(counters: Counters, seconds: float) -> None:
+    """
+    Count one broadcast that took C{seconds} in the broadcast histogram.
+    """
+    for bound in BROADCAST_BUCKETS:
+        if seconds <= bound:
+            counters.add(f"broadcast_seconds_bucket:{bound}")
+            break
+    counters.add("broadcast_seconds_count")
+    counters.add("broadcast_seconds_sum_ns", int(seconds * 1e9))
+
+
+def timeBroadcasts(registry: Any, counters: Counters, clock: Callable[[], float] = time.perf_counter) -> None:
+    """
+    Time every broadcast that C{registry} delivers to this process's
+    connections (C{broadcast}, and C{broadcastLocal} of a cluster registry,
+    through which its other broadcasts go) into the histogram.
+    """
+    for name in ("broadcast", "broadcastLocal"):
+        method = getattr(registry, name, None)
+        if method is None:
+            continue
+
+        def timed(message: Any, _method: Callable[[Any], int] = method) -> int:
+            start = clock()
+            try:
+                return _method(message)
+            finally:
+                observeBroadcast(counters, clock() - start)
+
+        setattr(registry, name, timed)

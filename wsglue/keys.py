@@ -19,10 +19,11 @@ class KeyFileError(ValueError):
     """
 
 
-def readKeys(path: str) -> List[bytes]:
+def readKeys(path: str, option: str = "--secret-file") -> List[bytes]:
     """
     The keys in the secret file at C{path}, signing key first.
 
+    @param option: the option that named the file, for the messages.
     @raise KeyFileError: if the file is missing, unreadable, readable by
         every user (the keys forge sessions), or holds no key.
     """
@@ -31,17 +32,17 @@ def readKeys(path: str) -> List[bytes]:
             mode = os.fstat(f.fileno()).st_mode
             data = f.read(1 << 20)
     except FileNotFoundError:
-        raise KeyFileError(f"--secret-file {path!r} does not exist")
+        raise KeyFileError(f"{option} {path!r} does not exist")
     except IsADirectoryError:
-        raise KeyFileError(f"--secret-file {path!r} is a folder, not a file")
+        raise KeyFileError(f"{option} {path!r} is a folder, not a file")
     except OSError as e:
-        raise KeyFileError(f"--secret-file {path!r} cannot be read: {e.strerror}")
+        raise KeyFileError(f"{option} {path!r} cannot be read: {e.strerror}")
     if not stat.S_ISREG(mode):
-        raise KeyFileError(f"--secret-file {path!r} is not a regular file")
+        raise KeyFileError(f"{option} {path!r} is not a regular file")
     if mode & stat.S_IROTH:
-        raise KeyFileError(f"--secret-file {path!r} is readable by every user; chmod o-r it")
+        raise KeyFileError(f"{option} {path!r} is readable by every user; chmod o-r it")
     keys = [line.strip() for line in data.splitlines()]
     keys = [key for key in keys if key]
     if not keys:
-        raise KeyFileError(f"--secret-file {path!r} holds no key")
+        raise KeyFileError(f"{option} {path!r} holds no key")
     return keys

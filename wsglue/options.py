@@ -129,6 +129,13 @@ class GlueOptions(usage.Options):
         ["history-bytes", None, 262144, "Bytes kept per stream; 0 for no byte bound."],
         ["history-ttl", None, 120.0, "Seconds a message stays replayable, and a session's stream outlives it."],
         ["presence-grace", None, 30.0, "Seconds without a connection before a session has ended."],
+        ["api", None, None, "Endpoint of the HTTP API and /metrics, on a port of its own [default: off]."],
+        [
+            "api-key-file",
+            None,
+            None,
+            "File of the API's bearer keys, one a line, any may be used (required with --api).",
+        ],
     ]
 
     optFlags: List[List[Any]] = [
@@ -227,6 +234,8 @@ class GlueOptions(usage.Options):
                     " (the workers share one TCP socket; terminate TLS in front of them)"
                 )
 
+        self.checkApi()
+
         if self["handler"] is None:
             self["handler-factory"] = PingPong
         else:
@@ -234,6 +243,41 @@ class GlueOptions(usage.Options):
                 self["handler-factory"] = loadHandler(self["handler"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
+
+    def checkApi(self) -> None:
+        """
+        Check C{--api} and C{--api-key-file} as C{--port} is checked, and
+        read the keys (C{api-keys}) so that a missing or empty key file is
+        one line at start-up.
+        """
+        from twisted.internet import reactor
+
+        self["api-keys"] = []
+        if self["api"] is None:
+            if self["api-key-file"] is not None:
+                raise usage.UsageError("--api-key-file is only used with --api")
+            return
+        try:
+            endpoint = endpoints.serverFromString(reactor, self["api"])
+        except Exception as e:
+            raise usage.UsageError(f"--api {self['api']!r} is not a valid endpoint: {e}")
+        problem = endpointProblem(endpoint)
+        if problem is not None:
+            raise usage.UsageError(f"--api {self['api']!r} is not a valid endpoint: {problem}")
+        if self["workers"] > 1:
+            from wsglue.process.workers import adoptable
+
+            if not adoptable(self["api"]):
+                raise usage.UsageError(
+                    f"--workers {self['workers']} > 1 needs a tcp: --api, not {self['api']!r}"
+                    " (the workers share one TCP socket)"
+                )
+        if self["api-key-file"] is None:
+            raise usage.UsageError("--api requires --api-key-file (the bearer keys of the API)")
+        try:
+            self["api-keys"] = readKeys(self["api-key-file"], "--api-key-file")
+        except KeyFileError as e:
+            raise usage.UsageError(str(e))
 
 
 # The longest path of a unix socket (sun_path holds 108 bytes on Linux, 104

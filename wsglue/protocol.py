@@ -173,6 +173,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
     # -- traffic ------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.counters.received(len(payload))
         # Autobahn has checked that a text message is valid UTF-8.
         self._received(payload if isBinary else payload.decode("utf-8"))
 
@@ -236,6 +237,9 @@ class GlueServerProtocol(WebSocketServerProtocol):
             self._lingering = None
             lingering.cancel()
         if self._admitted is not None:
+            # The code of whoever started the close (Autobahn passes the
+            # peer's, which merely echoes ours); 1005: none was given.
+            self.factory.counters.add(f"closes:{(self.localCloseCode if self.closedByMe else code) or 1005}")
             self.factory.limits.release(self._admitted)
             self._admitted = None
         if not self._registered:
@@ -280,6 +284,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if self.state != STATE_OPEN or self._sendBufferFull(len(payload)):
             return False
         self.sendMessage(payload, binary)
+        self.factory.counters.sent(len(payload))
         if self.factory.verbose:
             _log.info("==> {text}", text=forLog(message))
         return True
@@ -291,6 +296,7 @@ class GlueServerProtocol(WebSocketServerProtocol):
         if self.state != STATE_OPEN or self._sendBufferFull(len(prepared.payloadHybi)):
             return False
         self.sendPreparedMessage(prepared)
+        self.factory.counters.sent(payloadSize(prepared))
         return True
 
     def _sendBufferFull(self, size: int) -> bool:
@@ -326,6 +332,15 @@ class GlueServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123) if reason else None)
         elif self.state == STATE_CONNECTING:
             self.dropConnection(abort=True)
+
+
+def payloadSize(prepared: PreparedMessage) -> int:
+    """
+    The payload bytes of a frame built by L{prepare} (unmasked, one frame):
+    its length less its 2-, 4- or 10-byte header.
+    """
+    n = len(prepared.payloadHybi)
+    return n - 2 if n <= 127 else n - 4 if n <= 65539 else n - 10
 
 
 class GlueServerFactory(WebSocketServerFactory):
@@ -418,4 +433,4 @@ class GlueServerFactory(WebSocketServerFactory):
         return d
 
 
-__all__ = ["GlueServerFactory", "GlueServerProtocol", "SendFlow", "forLog", "prepare"]
+__all__ = ["GlueServerFactory", "GlueServerProtocol", "SendFlow", "forLog", "payloadSize", "prepare"]

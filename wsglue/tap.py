@@ -5,6 +5,7 @@ wires the parts of the service together and turns the speed levers on.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional
 
 from twisted.application.internet import TimerService
@@ -14,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsglue.cookies import SessionCookies
-from wsglue.counters import Counters
+from wsglue.counters import Counters, timeBroadcasts
 from wsglue.levers import Levers
 from wsglue.limits import Limits
 from wsglue.options import GlueOptions, defaultStaticPath, optionsFromEnvironment, parseEnvironment
@@ -140,6 +141,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
             workers,
             reactor,
             handleSignals=handleSignals,
+            api=apiService(options, None, counters, reactor, parent=True) if options.get("api") else None,
         )
         pool.setName("workers")
         top = MultiService()
@@ -155,14 +157,15 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import ClusterRegistry
 
+        # Each process sends the demo broadcast to its own connections only
+        # (broadcastLocal), so each connection gets one per interval whatever
+        # the number of processes and hosts.
         registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor, counters=counters)
-        # Each process sends the demo broadcast to its own connections only,
-        # so each connection gets one per interval whatever the number of
-        # processes and hosts.
-        demoBroadcast = registry.broadcastLocal
     else:
         registry = SessionRegistry()
-        demoBroadcast = registry.broadcast
+    # Before anything takes hold of its broadcast methods.
+    timeBroadcasts(registry, counters)
+    demoBroadcast = getattr(registry, "broadcastLocal", registry.broadcast)
     configureContinuity(registry, options, reactor)
     limits = Limits(
         maxConnections=options["max-connections"],
@@ -234,12 +237,54 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         top=top,
         ownProcess=handleSignals,
     )
+    if options.get("api") is not None:
+        api = apiService(options, registry, counters, reactor, adopt=handleSignals)
+        api.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
     top.levers = levers  # type: ignore[attr-defined]
     if bindNow:
         listener.bind()
+        if options.get("api") is not None:
+            top.getServiceNamed("api").bind()
     return top
+
+
+def apiService(
+    options: Dict[str, Any],
+    registry: Optional[SessionRegistry],
+    counters: Counters,
+    reactor: Any,
+    adopt: bool = False,
+    parent: bool = False,
+) -> Any:
+    """
+    The HTTP API's listening service (C{--api}), named C{api}.
+
+    @param adopt: in a worker of C{--workers N} (under twistd), serve the
+        socket the parent bound, and share the counters with the other
+        workers (L{wsglue.api.shared}).
+    @param parent: for the parent of C{--workers N}, which only binds it.
+    """
+    from wsglue.api.service import ApiService
+
+    if parent:
+        return ApiService(endpoints.serverFromString(reactor, options["api"]), options["api"], None)
+    assert registry is not None
+    from wsglue.api.metrics import MetricsResource
+    from wsglue.api.shared import SharedCounters
+    from wsglue.api.site import makeApiSite
+    from wsglue.process.workers import API_FAMILY_VARIABLE, API_FD_VARIABLE, METRICS_VARIABLE, workerEndpoint
+
+    adopted = workerEndpoint(reactor, fdVariable=API_FD_VARIABLE, familyVariable=API_FAMILY_VARIABLE) if adopt else None
+    folder = os.environ.get(METRICS_VARIABLE) if adopted is not None else None
+    shared = SharedCounters(folder, counters, registry) if folder else None
+    metrics = MetricsResource(counters, registry, shared.others if shared is not None else None)
+    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], metrics, reactor)
+    endpoint = adopted if adopted is not None else endpoints.serverFromString(reactor, options["api"])
+    service = ApiService(endpoint, options["api"], site, announce=adopted is None, shared=shared, reactor=reactor)
+    service.setName("api")
+    return service
 
 
 __all__ = ["Options", "defaultStaticPath", "makeService", "optionsFromEnvironment", "parseEnvironment"]

@@ -68,6 +68,7 @@ COUNTERS = (
     "redis_received",
     "redis_bad_message",
     "redis_presence_failed",
+    "redis_connect_failed",
 )
 
 # The most sessions or channels in one Redis command.
@@ -292,6 +293,74 @@ class ClusterRegistry(SessionRegistry):
         self._publish(self.sessionChannel(sid), encode(OP_CLOSE, self.nodeId, None, code, reason))
         return SessionRegistry.close(self, sid, code, reason)
 
+    # -- counted cluster-wide (the HTTP API) --------------------------------
+
+    def sendCounted(self, sid: str, message: Message) -> Deferred:
+        """
+        L{send}, but fire with how many it reached: this process's
+        connections, plus one for each I{other} process whose subscription
+        to the session's channel received it (Redis's reply to PUBLISH).
+
+        A process subscribes to a session's channel while it holds a
+        connection of that session, so each process counted holds at least
+        one, except in the moment after its last one closed (before its
+        unsubscription reaches Redis).  Never more than the connections
+        reached otherwise; 0 when nothing was reached.
+        """
+        # This process's own subscription, if Redis has it, is in PUBLISH's
+        # reply but delivers nothing (see received).
+        subscribedHere = sid in self._leaving or (sid in self and sid not in self._joining)
+        d = self._publishCounted(self.sessionChannel(sid), encode(OP_SEND, self.nodeId, message))
+        local = SessionRegistry.send(self, sid, message)
+        return d.addCallback(lambda n: local + max(0, n - subscribedHere))
+
+    def broadcastCounted(self, message: Message) -> Deferred:
+        """
+        L{broadcast}, but fire with this process's connections reached plus
+        one for each other process that received it.  Every running process
+        subscribes to the broadcast channel, so a process that holds no
+        connection at all is counted too: the number may exceed the
+        connections reached by the number of idle processes.
+        """
+        subscribedHere = self._subscribed
+        d = self._publishCounted(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
+        local = self.broadcastLocal(message)
+        return d.addCallback(lambda n: local + max(0, n - subscribedHere))
+
+    def closeCounted(self, sid: str, code: int = 1000, reason: str = "") -> Deferred:
+        """
+        L{close}, but fire with this process's connections asked to close
+        plus one for each other process that received the request (as
+        L{sendCounted} counts).
+        """
+        subscribedHere = sid in self._leaving or (sid in self and sid not in self._joining)
+        d = self._publishCounted(self.sessionChannel(sid), encode(OP_CLOSE, self.nodeId, None, code, reason))
+        local = SessionRegistry.close(self, sid, code, reason)
+        return d.addCallback(lambda n: local + max(0, n - subscribedHere))
+
+    def _publishCounted(self, channel: str, data: bytes) -> Deferred:
+        """
+        L{_publish}, firing with the number of subscribers Redis handed the
+        message to; 0 when it was held (Redis unreachable) or failed.
+        """
+        if self._held:
+            self.flushHeld()
+        if self._held or not self.link.available():
+            self._hold(channel, data)
+            return defer.succeed(0)
+        try:
+            d = self.link.publish(channel, data)
+        except Exception as e:
+            self._publishFailed(str(e))
+            return defer.succeed(0)
+        self.counters["redis_published"] += 1
+
+        def failed(f: Failure) -> int:
+            self._publishFailed(f.getErrorMessage())
+            return 0
+
+        return d.addCallbacks(lambda n: int(n or 0), failed)
+
     def sessionsEverywhere(self) -> Deferred:
         """
         The ids of the sessions open anywhere in the cluster.
@@ -413,6 +482,7 @@ class ClusterRegistry(SessionRegistry):
         An attempt to connect to Redis failed (txredisapi tries again, with
         backoff): say so, at most once per warning interval.
         """
+        self.counters["redis_connect_failed"] += 1
         self._warn(
             "unreachable",
             "Redis at {url} is unreachable ({why}); local traffic goes on,"

@@ -51,7 +51,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from wsglue.levers.fastwrite import ImmediateWriteServer, bufferedBytes
-from wsglue.protocol import GlueServerFactory, GlueServerProtocol
+from wsglue.protocol import GlueServerFactory, GlueServerProtocol, payloadSize
 from wsglue.registry import Message, forLog
 
 _log = Logger()
@@ -879,6 +879,7 @@ class LeveredProtocol(GlueServerProtocol):
             else:
                 message = payload
             pos = stop
+            self.factory.counters.received(length)
             if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
                 # Traffic stands in for a pong, as in Autobahn's onFrameEnd.
                 self._cancelAutoPingTimeoutCall()
@@ -925,9 +926,11 @@ class LeveredProtocol(GlueServerProtocol):
             else:
                 self.sendPreparedMessage(PreparedMessage(payload, False, False, True))
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self.sendPreparedMessage(PreparedMessage(bytes(message), True, False, True))
+            payload = bytes(message)
+            self.sendPreparedMessage(PreparedMessage(payload, True, False, True))
         else:
             raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
+        self.factory.counters.sent(len(payload))
         if self.factory.verbose:
             _log.info("==> {text}", text=forLog(message))
         return True
@@ -943,13 +946,13 @@ class LeveredProtocol(GlueServerProtocol):
             # held back and no compression negotiated (see _shortFrameLimit),
             # so the frame goes to the transport as built.
             self.transport.write(prepared.payloadHybi)
-            return True
-        if self._sendBufferFull(0):
+        elif self._sendBufferFull(0):
             return False
-        if self._frameLimit:
+        elif self._frameLimit:
             self.sendData(prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
+        self.factory.counters.sent(payloadSize(prepared))
         return True
 
     def _sendBufferFull(self, size: int) -> bool:

@@ -51,6 +51,12 @@ _RELAYED = {
 FD_VARIABLE = "_WSGLUE_WORKER_FD"
 FAMILY_VARIABLE = "_WSGLUE_WORKER_FAMILY"
 INHERITED_FD = 3
+# The same for the HTTP API's socket (--api), and the folder where the
+# workers leave their counters for one another (wsglue.api.shared).
+API_FD_VARIABLE = "_WSGLUE_WORKER_API_FD"
+API_FAMILY_VARIABLE = "_WSGLUE_WORKER_API_FAMILY"
+API_INHERITED_FD = 4
+METRICS_VARIABLE = "_WSGLUE_WORKER_METRICS"
 
 # twistd's entry point, run by this Python in a worker.
 _TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
@@ -92,14 +98,20 @@ class AdoptedEndpoint:
         return defer.succeed(port)
 
 
-def workerEndpoint(reactor: Any, environ: Mapping[str, str] = os.environ) -> Optional[AdoptedEndpoint]:
+def workerEndpoint(
+    reactor: Any,
+    environ: Mapping[str, str] = os.environ,
+    fdVariable: str = FD_VARIABLE,
+    familyVariable: str = FAMILY_VARIABLE,
+) -> Optional[AdoptedEndpoint]:
     """
-    In a worker, the endpoint adopting the parent's socket; otherwise None.
+    In a worker, the endpoint adopting the parent's socket (by default the
+    listening port's; L{API_FD_VARIABLE} for the API's); otherwise None.
     """
-    fd = environ.get(FD_VARIABLE)
+    fd = environ.get(fdVariable)
     if not fd:
         return None
-    return AdoptedEndpoint(reactor, int(fd), int(environ.get(FAMILY_VARIABLE, socket.AF_INET)))
+    return AdoptedEndpoint(reactor, int(fd), int(environ.get(familyVariable, socket.AF_INET)))
 
 
 class _ParentWatch(protocol.Protocol):
@@ -229,8 +241,16 @@ class WorkerPool(Service):
         reactor: Any,
         handleSignals: bool = False,
         environ: Optional[Mapping[str, str]] = None,
+        api: Optional[Any] = None,
     ) -> None:
+        """
+        @param api: with C{--api}, the API's listening service
+            (L{wsglue.api.service.ApiService}): the parent binds it too, and
+            every worker adopts its socket and serves it.
+        """
         self.endpoint = endpoint
+        self.api = api
+        self.metricsFolder: Optional[str] = None
         self.description = description
         self.argv = argv
         self.count = count
@@ -266,6 +286,9 @@ class WorkerPool(Service):
         self.port = results[0]
         # The parent only holds the socket; the workers accept.
         self.port.stopReading()
+        if self.api is not None:
+            self.api.bind(_NoConnections())
+            self.api.port.stopReading()
 
     def _stopRequested(self) -> None:
         # From the signal handler: no worker is started from now on; the
@@ -288,6 +311,13 @@ class WorkerPool(Service):
             url=describeAddress(self.port, secure),
             workers=self.count,
         )
+        if self.api is not None:
+            import tempfile
+
+            from wsglue.api.service import describeHTTP
+
+            self.metricsFolder = tempfile.mkdtemp(prefix="wsglue-metrics-")
+            _log.info("started api server at {url}", url=describeHTTP(self.api.port, self.api.description))
         for index in range(1, self.count + 1):
             self._spawn(index)
 
@@ -299,6 +329,12 @@ class WorkerPool(Service):
         env = dict(self.environ)
         env[FD_VARIABLE] = str(INHERITED_FD)
         env[FAMILY_VARIABLE] = str(int(family))
+        childFDs: Dict[int, Any] = {0: "w", 1: "r", 2: "r", INHERITED_FD: self.port.fileno()}
+        if self.api is not None:
+            env[API_FD_VARIABLE] = str(API_INHERITED_FD)
+            env[API_FAMILY_VARIABLE] = str(int(getattr(self.api.port, "addressFamily", socket.AF_INET)))
+            env[METRICS_VARIABLE] = self.metricsFolder or ""
+            childFDs[API_INHERITED_FD] = self.api.port.fileno()
         argv = [
             sys.executable,
             "-c",
@@ -317,7 +353,7 @@ class WorkerPool(Service):
             argv,
             env=env,
             path=os.getcwd(),
-            childFDs={0: "w", 1: "r", 2: "r", INHERITED_FD: self.port.fileno()},
+            childFDs=childFDs,
         )
         self.workers[index] = proto
         _log.info("started worker {index} (pid {pid})", index=index, pid=proto.pid)
@@ -330,6 +366,11 @@ class WorkerPool(Service):
         index = proto.index
         if self.workers.get(index) is proto:
             del self.workers[index]
+        if self.metricsFolder is not None:
+            # Its counts go with it (Prometheus sees a counter reset).
+            from wsglue.api.shared import forget
+
+            forget(self.metricsFolder, proto.pid)
         how = f"signal {signal.Signals(sig).name}" if sig else f"status {status}"
         if self._stopping:
             _log.info("worker {index} (pid {pid}) stopped ({how})", index=index, pid=proto.pid, how=how)
@@ -370,6 +411,14 @@ class WorkerPool(Service):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+        if self.api is not None and self.api.port is not None:
+            yield self.api.port.stopListening()
+            self.api.port = None
+        if self.metricsFolder is not None:
+            import shutil
+
+            shutil.rmtree(self.metricsFolder, ignore_errors=True)
+            self.metricsFolder = None
 
 
 def _signal(proto: _WorkerProtocol, name: str) -> None:
