@@ -628,9 +628,15 @@ def _eventually(ask: Any, timeout: float = 10) -> Any:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
+    from wsglue.cluster.link import RedisUnavailable
+
     for _ in range(int(timeout / 0.05)):
-        if (yield ask()):
-            return
+        try:
+            if (yield ask()):
+                return
+        except RedisUnavailable:
+            # The command connection may come up after the subscriber's.
+            pass
         yield deferLater(reactor, 0.05, lambda: None)
     raise AssertionError("never true")
 
