@@ -6,8 +6,10 @@ the tests read the bytes it writes.  Timers run on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import gc
 import re
 import struct
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import txaio
@@ -487,6 +489,51 @@ class MessageTests(ProtocolTestCase):
         proto, transport, _ = self.connect()
         proto.close(4000, "bye")
         self.assertEqual(self.frames(transport), [(8, b"\x0f\xa0bye")])
+
+
+class ClosedConnectionFreedTests(ProtocolTestCase):
+    """
+    A closed connection is freed by reference counting, without waiting
+    for the cyclic garbage collector.
+    """
+
+    def closeOne(self, data: bytes) -> Any:
+        peer = IPv4Address("TCP", "127.0.0.1", 50000)
+        proto = self.factory.buildProtocol(peer)
+        transport = Transport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9998), peerAddress=peer)
+        proto.makeConnection(transport)
+        proto.dataReceived(handshakeBytes({}))
+        proto.dataReceived(data)
+        proto.connectionLost(Failure(ConnectionDone()))
+        # Timers Autobahn set for the connection hold it until they run.
+        for call in list(self.clock.getDelayedCalls()):
+            call.cancel()
+        return weakref.ref(proto)
+
+    def test_freedWithoutCollector(self) -> None:
+        """
+        After a clean close and after a client's own close, nothing holds
+        the connection once the test lets go of it: no cycle through the
+        C{is_closed} Deferred Autobahn fires with the connection.
+        """
+        enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(lambda: enabled and gc.enable())
+        for data in (b"", clientFrame(8, struct.pack("!H", 1000))):
+            ref = self.closeOne(data)
+            self.assertIsNone(ref(), gc.get_referrers(ref()) if ref() is not None else None)
+
+    def test_isClosedReadAfterClose(self) -> None:
+        """
+        C{is_closed} read after the connection closed is a fired Deferred,
+        as Autobahn's is.
+        """
+        proto, transport, _ = self.connect()
+        proto.connectionLost(Failure(ConnectionDone()))
+        result: List[Any] = []
+        proto.is_closed.addCallback(result.append)
+        self.assertEqual(result, [proto])
 
 
 class LifecycleTests(ProtocolTestCase):

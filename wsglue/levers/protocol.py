@@ -270,6 +270,18 @@ def _openFuture(connection: Any) -> Any:
     return future
 
 
+def _closedFuture(connection: Any) -> Any:
+    """
+    Autobahn's C{is_closed}: a Deferred that fires with the connection when
+    it closes; already fired if it is first read after
+    L{GlueServerProtocol.connectionLost} let go of the one Autobahn fired.
+    """
+    future = txaio.create_future()
+    if connection._closeFired:
+        txaio.resolve(future, connection)
+    return future
+
+
 def _transportDetails(connection: Any) -> Optional[TransportDetails]:
     """
     Autobahn's transport details of C{connection}, as its C{connectionMade}
@@ -425,7 +437,7 @@ class LeveredProtocol(GlueServerProtocol):
     # What Autobahn's __init__ makes for every connection, made when first
     # read instead (see __init__).
     is_open = _WhenRead(_openFuture)
-    is_closed = _WhenRead(lambda connection: txaio.create_future())
+    is_closed = _WhenRead(_closedFuture)
     _valid_events = ("message",)
     _results = _WhenRead(lambda connection: {"message": None})
     # Whether the short handshake path opened the connection before
