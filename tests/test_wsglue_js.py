@@ -200,6 +200,19 @@ class WsGlueTests(TestCase):
         self.assertTrue(self.result["slowClosed"])
         self.assertEqual(self.result["slowStates"], ["open", "reconnecting", "closed"])
 
+    def test_plainServer(self) -> None:
+        """
+        A server that does not select C{wsglue.v1}: no hello, the kept
+        message and later ones go out as plain text, messages come in as
+        C{plain}; the state is resynced (plain), with no timer left.
+        """
+        self.assertEqual(self.result["plainSent"], ["early", "ping"])
+        self.assertEqual(self.result["plainSentId"], 2)
+        self.assertEqual(self.result["plainMessages"], [["pong", "plain"]])
+        self.assertEqual(self.result["plainStates"], [["connecting", False], ["open", False], ["resynced", True]])
+        self.assertEqual(self.result["plainPending"], 0)
+        self.assertEqual(self.result["plainTimers"], 0)
+
 
 class PageScriptsTests(SynchronousTestCase):
     """

@@ -15,7 +15,10 @@
     this.protocol = "";
     sockets.push(this);
   }
-  FakeSocket.prototype.send = function (text) { this.sent.push(JSON.parse(text)); };
+  FakeSocket.prototype.send = function (text) {
+    this.rawSent = (this.rawSent || []).concat([text]);
+    try { this.sent.push(JSON.parse(text)); } catch (e) { /* plain text */ }
+  };
   FakeSocket.prototype.close = function (code) { this.closedWith = code === undefined ? null : code; };
   // What the server does to the socket.
   FakeSocket.prototype.serverOpens = function () {
@@ -148,5 +151,26 @@
   out.slowClosed = slowSocket.closedWith !== undefined && slowSocket.onclose === null;
   out.slowStates = slowStates;
   slow.close();
+
+  // A server without continuity: plain text both ways, kept messages sent
+  // once as they are.
+  var plainStates = [];
+  var plainMessages = [];
+  var plain = new WsGlue("ws://example.test/", {
+    onstate: function (s, d) { plainStates.push([s, d.plain === true]); },
+    onmessage: function (data, meta) { plainMessages.push([data, meta.stream]); }
+  });
+  plain.send("early");
+  var plainSocket = last();
+  plainSocket.protocol = "";
+  plainSocket.onopen({});
+  plainSocket.onmessage({data: "pong"});
+  out.plainSentId = plain.send("ping");
+  out.plainSent = plainSocket.rawSent;
+  out.plainStates = plainStates.slice();
+  out.plainMessages = plainMessages;
+  out.plainPending = plain.pending.length;
+  out.plainTimers = live().length;
+  plain.close();
   return out;
 }());

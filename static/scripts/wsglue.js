@@ -13,7 +13,9 @@
 // is sent), "resumed" (nothing was missed: the missed messages follow) or
 // "resynced" (recovered false: what was missed is gone, fetch your state
 // again; also the answer to the first connection, with detail.fresh true),
-// "reconnecting" {delay (seconds), code}, "closed" {code, byUser}.
+// "reconnecting" {delay (seconds), code}, "closed" {code, byUser}.  A server
+// that does not select wsglue.v1 (continuity off) is served plainly:
+// "resynced" with detail.plain, meta.stream "plain", no acks, no resume.
 (function (root) {
   "use strict";
 
@@ -82,6 +84,8 @@
     this._nextId = 1;
     this._socket = null;
     this._welcomed = false;
+    // The open socket is plain: the server did not select wsglue.v1.
+    this._plain = false;
     this._timer = null;
     this._running = false;
     if (options.connect !== false) {
@@ -140,8 +144,13 @@
     } else {
       frame.b64 = toBase64(data instanceof Uint8Array ? data : new Uint8Array(data));
     }
+    if (this._welcomed && this._plain) {
+      // No acks on a plain connection: sent once, as it is.
+      this._socket.send(data);
+      return id;
+    }
     var text = JSON.stringify(frame);
-    this.pending.push([id, text]);
+    this.pending.push([id, text, data]);
     if (this._welcomed) {
       this._socket.send(text);
     }
@@ -169,6 +178,7 @@
     if (socket === this._socket) {
       this._socket = null;
       this._welcomed = false;
+      this._plain = false;
     }
   };
 
@@ -185,6 +195,7 @@
     }
     self._socket = socket;
     self._welcomed = false;
+    self._plain = false;
     // Neither an open socket nor a welcome within `timeout` seconds: try again.
     self._timer = root.setTimeout(function () {
       self._timer = null;
@@ -195,11 +206,11 @@
       }
     }, self.timeout * 1000);
     socket.onopen = function () {
-      if (socket.protocol !== SUBPROTOCOL) {
-        // Continuity is off on that server: no session to resume.
-        root.console && root.console.warn("wsglue: the server did not select " + SUBPROTOCOL);
-      }
       self._setState("open", {protocol: socket.protocol});
+      if (socket.protocol !== SUBPROTOCOL) {
+        self._plainOpen(socket);
+        return;
+      }
       var hello = {t: "hello", client: self.clientId};
       if (self.positions !== null) {
         hello.resume = {s: self.positions.s, b: self.positions.b};
@@ -215,7 +226,27 @@
     };
   };
 
+  // Continuity is off on that server: no session to resume, no acks.  The
+  // socket serves as it is: kept messages go out once, messages come in
+  // as they are.
+  WsGlue.prototype._plainOpen = function (socket) {
+    this._cancelTimer();
+    this._plain = true;
+    this._welcomed = true;
+    this.attempts = 0;
+    var kept = this.pending;
+    this.pending = [];
+    this._setState("resynced", {recovered: false, fresh: true, plain: true});
+    for (var i = 0; i < kept.length && socket === this._socket; i++) {
+      socket.send(kept[i][2]);
+    }
+  };
+
   WsGlue.prototype._received = function (socket, data) {
+    if (this._plain) {
+      this._deliver(data, {stream: "plain", offset: null});
+      return;
+    }
     var frame;
     try {
       frame = JSON.parse(data);
