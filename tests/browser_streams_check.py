@@ -135,7 +135,7 @@ def main(config: Dict[str, Any]) -> Dict[str, Any]:
                     result["outputDuringHold"] = output()
                     # At least one more attempt fails while held.
                     attempts = count("Connecting to:")
-                    waitFor("Connecting to:", attempts)
+                    waitFor("Connecting to:", attempts + 1)
                     control.goto(url)
                     control.click("#connect")
                     waitFor("Connected!", 1, control)

@@ -77,7 +77,7 @@
     // The last position seen in each stream, [epoch, offset]; null before
     // the first welcome.
     this.positions = null;
-    // Messages not yet acknowledged, in id order: [id, frame text].
+    // Messages not yet acknowledged, in id order: [id, frame text, data].
     this.pending = [];
     this.state = "closed";
     this.attempts = 0;
@@ -193,6 +193,7 @@
       self._lost(null, 1006);
       return;
     }
+    socket.binaryType = "arraybuffer";
     self._socket = socket;
     self._welcomed = false;
     self._plain = false;
@@ -244,7 +245,7 @@
 
   WsGlue.prototype._received = function (socket, data) {
     if (this._plain) {
-      this._deliver(data, {stream: "plain", offset: null});
+      this._deliver(typeof data === "string" ? data : new Uint8Array(data), {stream: "plain", offset: null});
       return;
     }
     var frame;
