@@ -1,6 +1,6 @@
-// The wsglue demo page: a session on the page's own host through WsGlue
-// (scripts/wsglue.js), logging what goes each way into #output and the
-// connection's state into #state.
+// The wsglue demo page: a WebSocket session on the page's own host, kept
+// across reconnects by WsGlue (scripts/wsglue.js); what goes each way is
+// logged into #output and the connection's state shown in #state.
 (function () {
   "use strict";
 
