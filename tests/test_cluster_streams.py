@@ -1,0 +1,217 @@
+"""
+Continuity with C{--redis}: the streams, their epochs and the client ids
+live in Redis, so a client resumes on another process or host.  Two
+services in this process on one private Redis, and real daemons.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.internet import defer, reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.common import serve, waitFor
+from tests.redis_server import startRedis
+from tests.test_client import RecordingClient
+
+
+class TwoProcesses(TestCase):
+    """
+    Two services (two "processes") on one Redis, and clients that move
+    from one to the other.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.redis = yield startRedis(self)
+        argv = (
+            "--redis",
+            self.redis.url,
+            "--handler",
+            "tests.handlers_for_tests:Recorder",
+            "--broadcast-interval",
+            "0",
+        )
+        self.a = serve(self, *argv)
+        self.b = serve(self, *argv)
+        yield waitFor(lambda: self.a.registry._subscribed and self.b.registry._subscribed, timeout=10)
+
+    @inlineCallbacks
+    def started(self, running: Any, sid: str = "") -> Any:
+        headers = {"Cookie": "CookieName=" + sid} if sid else None
+        c = RecordingClient(running.url, reactor=reactor, headers=headers)
+        self.addCleanup(c.stop)
+        c.start()
+        yield waitFor(lambda: len(c.welcomes) == 1, timeout=10)
+        return c
+
+    @inlineCallbacks
+    def drop(self, c: RecordingClient, running: Any) -> Any:
+        sid = c.sid()
+        assert c.connection is not None
+        c.connection.transport.abortConnection()
+        yield waitFor(lambda: c.connection is None and sid not in running.registry)
+
+    @inlineCallbacks
+    def backOn(self, c: RecordingClient, running: Any, welcomes: int = 2) -> Any:
+        c.url = running.url
+        c.clock.advance(60)
+        yield waitFor(lambda: len(c.welcomes) == welcomes, timeout=10)
+        return c.welcomes[-1]
+
+    @inlineCallbacks
+    def test_resumeOnOtherProcess(self) -> Any:
+        """
+        A client of process A, dropped while process B sends to its session
+        and broadcasts, comes back on B: recovered, replayed exactly the
+        missed messages of both streams, then live ones, offsets +1.
+        """
+        c = yield self.started(self.a)
+        self.a.registry.send(c.sid(), "one")
+        yield waitFor(lambda: len(c.received) == 1)
+        yield self.drop(c, self.a)
+        self.b.registry.send(c.sid(), "two")
+        self.b.registry.send(c.sid(), "three")
+        self.b.registry.broadcast("all")
+        # Wait until Redis has numbered them (the sends are asynchronous).
+        yield deferLater(reactor, 0.2, lambda: None)
+        welcome = yield self.backOn(c, self.b)
+        self.assertTrue(welcome["recovered"])
+        yield waitFor(lambda: len(c.received) == 4)
+        self.a.registry.send(c.sid(), "four")
+        yield waitFor(lambda: len(c.received) == 5)
+        self.assertEqual(
+            c.received,
+            [("s", 1, "one"), ("s", 2, "two"), ("s", 3, "three"), ("b", 1, "all"), ("s", 4, "four")],
+        )
+
+    @inlineCallbacks
+    def test_samePositionsEverywhere(self) -> Any:
+        """
+        Two tabs of one session on two processes see the same offsets for
+        the same messages.
+        """
+        one = yield self.started(self.a)
+        two = yield self.started(self.b, one.sid())
+        for i in range(5):
+            (self.a if i % 2 else self.b).registry.send(one.sid(), f"m{i}")
+        yield waitFor(lambda: len(one.received) == 5 and len(two.received) == 5)
+        self.assertEqual(one.received, two.received)
+        self.assertEqual([o for _, o, _ in one.received], [1, 2, 3, 4, 5])
+
+    @inlineCallbacks
+    def test_concurrentSenders(self) -> Any:
+        """
+        Both processes send to one session at once, hundreds each: the
+        client sees its session stream's offsets go up by exactly one, each
+        message once.
+        """
+        c = yield self.started(self.a)
+        sid = c.sid()
+        for i in range(300):
+            self.a.registry.send(sid, f"a{i}")
+            self.b.registry.send(sid, f"b{i}")
+        yield waitFor(lambda: len(c.received) == 600, timeout=20)
+        self.assertEqual([o for _, o, _ in c.received], list(range(1, 601)))
+        texts = [m for _, _, m in c.received]
+        self.assertEqual(sorted(texts), sorted([f"a{i}" for i in range(300)] + [f"b{i}" for i in range(300)]))
+        self.assertEqual([m for m in texts if m[0] == "a"], [f"a{i}" for i in range(300)])
+
+    @inlineCallbacks
+    def test_liveDuringReplayNoGapNoDouble(self) -> Any:
+        """
+        Messages sent while a client's hello is being answered reach it
+        once, after the replay, in offset order.
+        """
+        c = yield self.started(self.a)
+        sid = c.sid()
+        yield self.drop(c, self.a)
+        for i in range(20):
+            self.b.registry.send(sid, f"away{i}")
+        yield deferLater(reactor, 0.2, lambda: None)
+        c.url = self.b.url
+        c.clock.advance(60)
+        # Keep sending while it comes back.
+        for i in range(50):
+            self.a.registry.send(sid, f"live{i}")
+            yield deferLater(reactor, 0.002, lambda: None)
+        yield waitFor(lambda: len(c.received) == 70, timeout=10)
+        self.assertTrue(c.welcomes[-1]["recovered"])
+        self.assertEqual([o for _, o, _ in c.received], list(range(1, 71)))
+
+    @inlineCallbacks
+    def test_idsNotDoubledAcrossProcesses(self) -> Any:
+        """
+        A message id that a client sent on process A, resent after a resume
+        on process B, is acked again but not handed to B's handler.
+        """
+        c = yield self.started(self.a)
+        c.send("echo first")
+        yield waitFor(lambda: c.acks == [1])
+        yield self.drop(c, self.a)
+        # As if the ack had been lost: the client still holds message 1.
+        c.unacked[1] = '{"t":"m","id":1,"d":"echo first"}'
+        yield self.backOn(c, self.b)
+        yield waitFor(lambda: c.acks == [1, 1])
+        handlerA = self.a.factory.handler
+        handlerB = self.b.factory.handler
+        received = [e for h in (handlerA, handlerB) for e in _events(h) if e[0] == "received"]
+        self.assertEqual([e[3] for e in received], ["echo first"])
+
+    @inlineCallbacks
+    def test_redisRestartedEmpty(self) -> Any:
+        """
+        Redis restarted without its keys: the epochs change, a client
+        coming back is told C{recovered: false}, with the new positions.
+        """
+        c = yield self.started(self.a)
+        self.a.registry.send(c.sid(), "one")
+        yield waitFor(lambda: len(c.received) == 1)
+        before = c.welcomes[0]
+        yield self.drop(c, self.a)
+        yield self.redis.stop()
+        yield self.redis.start()
+        yield waitFor(lambda: self.a.registry._subscribed and self.b.registry.link.available(), timeout=20)
+        welcome = yield self.backOn(c, self.b)
+        self.assertFalse(welcome["recovered"])
+        self.assertNotEqual(welcome["s"][0], before["s"][0])
+        self.assertNotEqual(welcome["b"][0], before["b"][0])
+
+    @inlineCallbacks
+    def test_redisDownAtHello(self) -> Any:
+        """
+        A hello while Redis is unreachable is closed with 1013; the client
+        comes back by itself and resumes once Redis answers again.
+        """
+        c = yield self.started(self.a)
+        self.a.registry.send(c.sid(), "one")
+        yield waitFor(lambda: len(c.received) == 1)
+        yield self.drop(c, self.a)
+        yield self.redis.stop()
+        yield waitFor(lambda: not self.a.registry.link.available(), timeout=10)
+        c.clock.advance(60)
+        yield waitFor(lambda: c.lastClose == 1013, timeout=10)
+        self.assertEqual(len(c.welcomes), 1)
+        yield self.redis.start()
+        yield waitFor(lambda: self.a.registry._subscribed and self.a.registry.link.available(), timeout=20)
+        for _ in range(100):
+            c.clock.advance(60)
+            if len(c.welcomes) == 2:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(c.welcomes), 2, (c.lastClose, c.attempts, c.connection))
+        # The restarted Redis is empty: a new epoch.
+        self.assertFalse(c.welcomes[-1]["recovered"])
+
+
+def _events(handler: Any) -> List[Any]:
+    inner = getattr(handler, "handler", handler)
+    return list(getattr(inner, "events", []))
+
+
+del defer
