@@ -209,6 +209,92 @@ class TwoProcesses(TestCase):
         self.assertFalse(c.welcomes[-1]["recovered"])
 
 
+class Presence(TestCase):
+    """
+    Presence across two processes on one Redis.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.redis = yield startRedis(self)
+        argv = (
+            "--redis",
+            self.redis.url,
+            "--handler",
+            "tests.handlers_for_tests:Presence",
+            "--broadcast-interval",
+            "0",
+            "--presence-grace",
+            "0.3",
+        )
+        self.a = serve(self, *argv)
+        self.b = serve(self, *argv)
+        yield waitFor(lambda: self.a.registry._subscribed and self.b.registry._subscribed, timeout=10)
+
+    def presence(self) -> List[Any]:
+        return [e for r in (self.a, self.b) for e in _events(r.factory.handler) if e[0] in ("started", "ended")]
+
+    @inlineCallbacks
+    def test_oncePerStartAndEnd(self) -> Any:
+        """
+        A session with tabs on both processes, one tab reloaded within the
+        grace: started once, and ended once after its last tab closed and
+        the grace ran out, on one process.
+        """
+        one = yield TwoProcesses.started(self, self.a)  # type: ignore[arg-type]
+        sid = one.sid()
+        two = yield TwoProcesses.started(self, self.b, sid)  # type: ignore[arg-type]
+        yield waitFor(lambda: len(self.presence()) == 1)
+        self.assertEqual(self.presence(), [("started", sid)])
+        online = yield self.b.registry.online(sid)
+        self.assertTrue(online)
+        self.assertEqual((yield self.a.registry.onlineCount()), 1)
+        yield one.stop()
+        yield two.stop()
+        # Back within the grace, on the other process: neither an end nor
+        # a start.
+        three = yield TwoProcesses.started(self, self.a, sid)  # type: ignore[arg-type]
+        yield three.stop()
+        yield waitFor(lambda: len(self.presence()) == 2, timeout=10)
+        self.assertEqual(self.presence(), [("started", sid), ("ended", sid)])
+        self.assertFalse((yield self.a.registry.online(sid)))
+        self.assertEqual((yield self.b.registry.onlineCount()), 0)
+
+
+class DemoBroadcast(TestCase):
+    """
+    The demo broadcast with two processes on one Redis.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_oncePerIntervalForTheCluster(self) -> Any:
+        """
+        Two processes with the demo broadcast on: one sends it for the
+        cluster, so clients on either process get the same broadcasts, with
+        offsets +1, at the pace of one per interval.
+        """
+        self.redis = yield startRedis(self)
+        common = ("--redis", self.redis.url, "--broadcast-interval", "0.2")
+        a = serve(self, *common, "--broadcast-message", "from-A")
+        b = serve(self, *common, "--broadcast-message", "from-B")
+        yield waitFor(lambda: a.registry._subscribed and b.registry._subscribed, timeout=10)
+        onA = yield TwoProcesses.started(self, a)  # type: ignore[arg-type]
+        onB = yield TwoProcesses.started(self, b)  # type: ignore[arg-type]
+        start = reactor.seconds()
+        yield waitFor(lambda: len(onA.received) >= 8 and len(onB.received) >= 8, timeout=20)
+        elapsed = reactor.seconds() - start
+        # Twice as many (both processes sending) would take half as long.
+        self.assertGreater(elapsed, 6 * 0.2)
+        for c in (onA, onB):
+            offsets = [o for _, o, _ in c.received]
+            self.assertEqual(offsets, list(range(offsets[0], offsets[0] + len(offsets))))
+        self.assertEqual(len({m for _, _, m in onA.received[:8]}), 1)
+
+
 def _events(handler: Any) -> List[Any]:
     inner = getattr(handler, "handler", handler)
     return list(getattr(inner, "events", []))

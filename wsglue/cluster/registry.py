@@ -42,7 +42,7 @@ other nodes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -64,7 +64,18 @@ from wsglue.cluster.envelope import (
 )
 from wsglue.cluster.link import IRedisLink, RedisUnavailable, TxRedisLink
 from wsglue.cluster.redisurl import RedisURL
-from wsglue.cluster.streams import appendScript, gapOf, openScript, takeScript, text, touchScript
+from wsglue.cluster.streams import (
+    appendScript,
+    endScript,
+    gapOf,
+    joinScript,
+    leadScript,
+    leaveScript,
+    openScript,
+    takeScript,
+    text,
+    touchScript,
+)
 from wsglue.continuity import streamFrame
 from wsglue.counters import Counters, RateLimitedWarning
 from wsglue.registry import IConnection, Message, SessionRegistry, prepare
@@ -170,6 +181,13 @@ class ClusterRegistry(SessionRegistry):
         # Sessions with a wsglue.v1 client answered here: their stream keys
         # are kept alive by the heartbeat while they are.
         self._streaming: Dict[str, None] = {}
+        # Presence cluster-wide (see watchPresence).
+        self._clusterStarted: Optional[Callable[[str], None]] = None
+        self._clusterEnded: Optional[Callable[[str], None]] = None
+        self._departures = 0
+        self._graceCalls: Dict[str, Any] = {}
+        self.onlineKey = self.prefix + "online"
+        self.demoKey = self.prefix + "demo"
 
     # -- names ---------------------------------------------------------------
 
@@ -246,6 +264,8 @@ class ClusterRegistry(SessionRegistry):
 
     def add(self, sid: str, conn: IConnection) -> bool:
         isNew = SessionRegistry.add(self, sid, conn)
+        if isNew and self._clusterStarted is not None:
+            self._joined(sid)
         if isNew:
             if sid in self._leaving:
                 # Closed and opened again before Redis heard of it: its
@@ -258,6 +278,8 @@ class ClusterRegistry(SessionRegistry):
 
     def remove(self, sid: str, conn: IConnection) -> bool:
         closed = SessionRegistry.remove(self, sid, conn)
+        if closed and self._clusterStarted is not None:
+            self._left(sid)
         if closed:
             if self._streaming.pop(sid, None) is not None:
                 self._touch(self.streamKeys(sid))
@@ -496,6 +518,118 @@ class ClusterRegistry(SessionRegistry):
         d.addCallback(lambda answers: any(int(a) for a in answers))
         d.addErrback(self._unavailable)
         return d
+
+    # -- presence, cluster-wide ---------------------------------------------
+
+    def watchPresence(self, started: Optional[Callable[[str], None]], ended: Optional[Callable[[str], None]]) -> None:
+        """
+        Call C{started(sid)} when a session opens its first connection
+        anywhere in the cluster, and C{ended(sid)} once it has had none
+        anywhere for the presence grace; each once per start and end, on
+        one process (Redis counts the processes that hold each session).
+        """
+        self._clusterStarted = started
+        self._clusterEnded = ended
+
+    def _presenceKeys(self, sid: str) -> List[str]:
+        return [self.prefix + "pc:" + sid, self.prefix + "pg:" + sid]
+
+    def _presenceFailed(self, f: Failure) -> None:
+        self.counters["redis_presence_failed"] += 1
+        self._warn(
+            "presence",
+            "redis presence update failed: {why} ({suppressed} more since the last warning)",
+            why=f.getErrorMessage(),
+        )
+
+    def _joined(self, sid: str) -> None:
+        call = self._graceCalls.pop(sid, None)
+        if call is not None and call.active():
+            call.cancel()
+        count, grace = self._presenceKeys(sid)
+        d = joinScript(self.link, [count, grace, self.onlineKey], [sid])
+
+        def opened(first: Any) -> None:
+            if int(first) and self._clusterStarted is not None:
+                self._clusterStarted(sid)
+
+        d.addCallbacks(opened, self._presenceFailed)
+
+    def _left(self, sid: str) -> None:
+        self._departures += 1
+        token = f"{self.nodeId}.{self._departures}"
+        grace = max(0.0, self.presenceGrace)
+        d = leaveScript(self.link, self._presenceKeys(sid), [token, int(grace * 1000) + 60_000])
+
+        def last(gone: Any) -> None:
+            if not int(gone):
+                return
+            if grace <= 0:
+                self._graceOver(sid, token)
+            elif not self._stopped:
+                self._graceCalls[sid] = self.reactor.callLater(grace, self._graceOver, sid, token)
+
+        d.addCallbacks(last, self._presenceFailed)
+
+    def _graceOver(self, sid: str, token: str) -> None:
+        self._graceCalls.pop(sid, None)
+        d = endScript(self.link, [self._presenceKeys(sid)[1], self.onlineKey], [token, sid])
+
+        def ended(yes: Any) -> None:
+            if int(yes) and self._clusterEnded is not None:
+                self._clusterEnded(sid)
+
+        d.addCallbacks(ended, self._presenceFailed)
+
+    def online(self, sid: str) -> Any:  # type: ignore[override]
+        """
+        Whether session C{sid} is present anywhere in the cluster (from
+        its start to its end, see L{watchPresence}).
+
+        @return: a Deferred firing with a bool.
+        """
+        if sid in self._sessions:
+            return defer.succeed(True)
+        d = self.link.execute("SISMEMBER", self.onlineKey, sid)
+        return d.addCallback(lambda n: bool(int(n)))
+
+    def onlineCount(self) -> Any:  # type: ignore[override]
+        """
+        How many sessions are present anywhere in the cluster.
+
+        @return: a Deferred firing with an int.
+        """
+        return self.link.execute("SCARD", self.onlineKey).addCallback(int)
+
+    def stopTimers(self) -> None:
+        SessionRegistry.stopTimers(self)
+        calls, self._graceCalls = self._graceCalls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
+
+    # -- the demo broadcast ---------------------------------------------------
+
+    def demoBroadcast(self, message: Message, interval: float = 3.0) -> None:
+        """
+        The demo broadcast, once per interval for the whole cluster: with
+        the streams in Redis, one process (the holder of a lock key, kept
+        while it lives) sends it to everyone, so that the broadcast offsets
+        stay +1; without, each process sends it to its own connections.
+        """
+        if not self.streamed:
+            self.broadcastLocal(message)
+            return
+        if not self.link.available():
+            return
+        ms = int(max(2.5 * interval, 1.0) * 1000)
+        d = leadScript(self.link, [self.demoKey], [self.nodeId, ms])
+
+        def lead(mine: Any) -> None:
+            if int(mine):
+                self.broadcast(message)
+
+        d.addCallbacks(lead, lambda f: None)
 
     # -- streams in Redis ------------------------------------------------------
 
