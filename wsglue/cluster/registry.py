@@ -264,7 +264,7 @@ class ClusterRegistry(SessionRegistry):
 
     def add(self, sid: str, conn: IConnection) -> bool:
         isNew = SessionRegistry.add(self, sid, conn)
-        if isNew and self._clusterStarted is not None:
+        if isNew and self._presenceKept():
             self._joined(sid)
         if isNew:
             if sid in self._leaving:
@@ -278,7 +278,7 @@ class ClusterRegistry(SessionRegistry):
 
     def remove(self, sid: str, conn: IConnection) -> bool:
         closed = SessionRegistry.remove(self, sid, conn)
-        if closed and self._clusterStarted is not None:
+        if closed and self._presenceKept():
             self._left(sid)
         if closed:
             if self._streaming.pop(sid, None) is not None:
@@ -530,6 +530,13 @@ class ClusterRegistry(SessionRegistry):
         """
         self._clusterStarted = started
         self._clusterEnded = ended
+
+    def _presenceKept(self) -> bool:
+        """
+        Whether presence is kept in Redis: with continuity on, or for a
+        handler that watches it.
+        """
+        return self.streamed or self._clusterStarted is not None
 
     def _presenceKeys(self, sid: str) -> List[str]:
         return [self.prefix + "pc:" + sid, self.prefix + "pg:" + sid]
