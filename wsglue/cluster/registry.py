@@ -310,6 +310,7 @@ class ClusterRegistry(SessionRegistry):
             batch = leaving[i : i + _BATCH]
             for sid in batch:
                 self._confirmed.pop(sid, None)
+                self._subscribing.pop(sid, None)
             self.link.unsubscribe([self.sessionChannel(sid) for sid in batch])
             self._presence("SREM", batch)
         for i in range(0, len(joining), _BATCH):
