@@ -210,6 +210,59 @@ class TwoProcesses(TestCase):
         self.assertFalse(c.welcomes[-1]["recovered"])
 
 
+class TrimmedAcrossProcesses(TestCase):
+    """
+    A gap trimmed from Redis (by count or by bytes) is not replayed on
+    another process: C{recovered: false}, nothing partial.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def resumeAfter(self, messages: List[str], *argv: str) -> Any:
+        redis = yield startRedis(self)
+        common = ("--redis", redis.url, "--broadcast-interval", "0", *argv)
+        a, b = serve(self, *common), serve(self, *common)
+        yield waitFor(lambda: a.registry._subscribed and b.registry._subscribed, timeout=10)
+        c = yield TwoProcesses.started(self, a)  # type: ignore[arg-type]
+        yield TwoProcesses.drop(self, c, a)  # type: ignore[arg-type]
+        for m in messages:
+            b.registry.send(c.sid(), m)
+        # Numbered by the time Redis answers a later command of B's.
+        yield b.registry.link.execute("PING")
+        welcome = yield TwoProcesses.backOn(self, c, b)  # type: ignore[arg-type]
+        return c, welcome
+
+    @inlineCallbacks
+    def test_trimmedBySize(self) -> Any:
+        """
+        More messages missed than C{--history-size} keeps: not recovered.
+        """
+        c, welcome = yield self.resumeAfter([f"m{i}" for i in range(5)], "--history-size", "3")
+        self.assertFalse(welcome["recovered"])
+        self.assertEqual(welcome["s"][1], 5)
+        self.assertEqual(c.received, [])
+
+    @inlineCallbacks
+    def test_trimmedByBytes(self) -> Any:
+        """
+        More bytes missed than C{--history-bytes} keeps: not recovered.
+        """
+        c, welcome = yield self.resumeAfter(["0123456789"] * 3, "--history-bytes", "25")
+        self.assertFalse(welcome["recovered"])
+        self.assertEqual(c.received, [])
+
+    @inlineCallbacks
+    def test_withinBounds(self) -> Any:
+        """
+        As many messages missed as the bounds keep: recovered, all replayed.
+        """
+        c, welcome = yield self.resumeAfter(["0123456789"] * 2, "--history-size", "2", "--history-bytes", "20")
+        self.assertTrue(welcome["recovered"])
+        yield waitFor(lambda: len(c.received) == 2)
+        self.assertEqual([o for _, o, _ in c.received], [1, 2])
+
+
 class Presence(TestCase):
     """
     Presence across two processes on one Redis.
