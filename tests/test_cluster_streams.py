@@ -253,6 +253,34 @@ class TrimmedAcrossProcesses(TestCase):
         self.assertEqual(c.received, [])
 
     @inlineCallbacks
+    def test_olderThanTtl(self) -> Any:
+        """
+        A gap older than C{--history-ttl} (Redis's clock) is not replayed.
+        """
+        redis = yield startRedis(self)
+        common = ("--redis", redis.url, "--broadcast-interval", "0", "--history-ttl", "0.5")
+        a, b = serve(self, *common), serve(self, *common)
+        yield waitFor(lambda: a.registry._subscribed and b.registry._subscribed, timeout=10)
+        c = yield TwoProcesses.started(self, a)  # type: ignore[arg-type]
+        yield TwoProcesses.drop(self, c, a)  # type: ignore[arg-type]
+        b.registry.send(c.sid(), "old")
+        sent = yield b.registry.link.execute("TIME")
+
+        @inlineCallbacks
+        def redisNow() -> Any:
+            t = yield b.registry.link.execute("TIME")
+            return int(t[0]) + int(t[1]) / 1e6
+
+        start = int(sent[0]) + int(sent[1]) / 1e6
+        for _ in range(100):
+            if (yield redisNow()) > start + 0.6:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        welcome = yield TwoProcesses.backOn(self, c, b)  # type: ignore[arg-type]
+        self.assertFalse(welcome["recovered"])
+        self.assertEqual(c.received, [])
+
+    @inlineCallbacks
     def test_withinBounds(self) -> Any:
         """
         As many messages missed as the bounds keep: recovered, all replayed.
