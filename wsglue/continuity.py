@@ -258,10 +258,11 @@ class SessionProtocol:
         # arrive are queued, and so are the client's m frames.
         self._clientName: Optional[str] = None
         self._queue: Optional[List[Tuple[str, str, int, Any]]] = None
-        self._inbox: List[Tuple[int, Message]] = []
+        # (Made only then: the in-memory path costs no more per connection.)
+        self._inbox: Optional[List[Tuple[int, Message]]] = None
         self._helloing = False
         # stream kind -> (epoch, last offset sent), from the welcome on.
-        self._last: Dict[str, Tuple[str, int]] = {}
+        self._last: Optional[Dict[str, Tuple[str, int]]] = None
         self._chain: Any = None
         # Counted in the registry while open, so that its sends walk the
         # plain path alone while no wsglue.v1 connection is open.
@@ -290,6 +291,8 @@ class SessionProtocol:
                 if not self.answered:
                     if not self._helloing:
                         raise ProtocolError(1002, "hello first")
+                    if self._inbox is None:
+                        self._inbox = []
                     self._inbox.append(parseMessage(frame))
                     return
                 self._message(*parseMessage(frame))
@@ -326,6 +329,7 @@ class SessionProtocol:
             if self._queue is not None:
                 self._queue.append((kind, epoch, offset, framed))
             return False
+        assert self._last is not None
         known, last = self._last[kind]
         if epoch == known and offset <= last:
             return False
@@ -447,7 +451,7 @@ class SessionProtocol:
         queue, self._queue = self._queue or [], None
         for kind, epoch, offset, framed in queue:
             self.deliverNumbered(kind, epoch, offset, framed)
-        inbox, self._inbox = self._inbox, []
+        inbox, self._inbox = self._inbox or [], None
         for messageId, data in inbox:
             self._message(messageId, data)
 
