@@ -148,3 +148,15 @@ class Collector:
         if message != "gc":
             return None
         return " ".join(map(str, gc.get_threshold())) + f" frozen={gc.get_freeze_count()}"
+
+
+class Presence(Recorder):
+    """
+    A L{Recorder} that also records C{sessionStarted} and C{sessionEnded}.
+    """
+
+    def sessionStarted(self, sid: str) -> None:
+        self.events.append(("started", sid))
+
+    def sessionEnded(self, sid: str) -> None:
+        self.events.append(("ended", sid))

@@ -1278,17 +1278,43 @@ class DemoBroadcastTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def test_onePerIntervalPerNode(self) -> Any:
+    def test_oncePerIntervalForTheCluster(self) -> Any:
         """
-        With two nodes, each client gets only its own node's demo broadcast
-        (each node sends it to its local connections only), so one per
-        interval, never the other node's too.
+        With two nodes, one of them sends the demo broadcast for the whole
+        cluster: clients on either node get the same one, one per interval,
+        never both nodes' (with continuity off, each node sends its own to
+        its own connections: see tests.test_cluster_streams).
         """
         redis = yield startRedis(self)
         a, b = yield defer.gatherResults(
             [
                 startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-A"),
                 startNode(self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-B"),
+            ]
+        )
+        onA = yield connect(self, a.port)
+        onB = yield connect(self, b.port)
+        seenA, seenB = [], []
+        for _ in range(5):
+            seenA.append((yield onA.nextMessage()))
+            seenB.append((yield onB.nextMessage()))
+        self.assertEqual(len(set(seenA + seenB)), 1)
+
+    @inlineCallbacks
+    def test_onePerIntervalPerNodeWithoutContinuity(self) -> Any:
+        """
+        With continuity off (C{--history-size 0}), each client gets only
+        its own node's demo broadcast, one per interval.
+        """
+        redis = yield startRedis(self)
+        a, b = yield defer.gatherResults(
+            [
+                startNode(
+                    self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-A", "--history-size", "0"
+                ),
+                startNode(
+                    self, redis, "--broadcast-interval", "0.2", "--broadcast-message", "notify-B", "--history-size", "0"
+                ),
             ]
         )
         onA = yield connect(self, a.port)

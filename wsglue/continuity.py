@@ -22,6 +22,7 @@ import re
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from wsglue.cookies import shortId
@@ -218,7 +219,24 @@ class SessionProtocol:
         messages reach it only from then on.
     """
 
-    __slots__ = ("conn", "sid", "registry", "handler", "counters", "answered", "_client", "_clients", "_timer", "_open")
+    __slots__ = (
+        "conn",
+        "sid",
+        "registry",
+        "handler",
+        "counters",
+        "answered",
+        "_client",
+        "_clients",
+        "_timer",
+        "_open",
+        "_clientName",
+        "_queue",
+        "_inbox",
+        "_helloing",
+        "_last",
+        "_chain",
+    )
 
     def __init__(
         self, conn: Any, sid: str, registry: Any, handler: Any, helloTimeout: float = 0, counters: Any = None
@@ -235,6 +253,17 @@ class SessionProtocol:
         self._client: Optional[ClientIds] = None
         self._clients: Optional[Dict[str, ClientIds]] = None
         self._timer: Any = None
+        # With the streams in Redis (registry.streamed): the hello is
+        # answered once Redis is read; meanwhile the stream messages that
+        # arrive are queued, and so are the client's m frames.
+        self._clientName: Optional[str] = None
+        self._queue: Optional[List[Tuple[str, str, int, Any]]] = None
+        # (Made only then: the in-memory path costs no more per connection.)
+        self._inbox: Optional[List[Tuple[int, Message]]] = None
+        self._helloing = False
+        # stream kind -> (epoch, last offset sent), from the welcome on.
+        self._last: Optional[Dict[str, Tuple[str, int]]] = None
+        self._chain: Any = None
         # Counted in the registry while open, so that its sends walk the
         # plain path alone while no wsglue.v1 connection is open.
         self._open = True
@@ -260,10 +289,15 @@ class SessionProtocol:
             kind = frame.get("t")
             if kind == "m":
                 if not self.answered:
-                    raise ProtocolError(1002, "hello first")
+                    if not self._helloing:
+                        raise ProtocolError(1002, "hello first")
+                    if self._inbox is None:
+                        self._inbox = []
+                    self._inbox.append(parseMessage(frame))
+                    return
                 self._message(*parseMessage(frame))
             elif kind == "hello":
-                if self.answered:
+                if self.answered or self._helloing:
                     raise ProtocolError(1002, "a second hello")
                 self._hello(*parseHello(frame))
             else:
@@ -280,6 +314,31 @@ class SessionProtocol:
         if not self.answered:
             return False
         sent: bool = self.conn.sendPrepared(prepared)
+        return sent
+
+    def deliverNumbered(self, kind: str, epoch: str, offset: int, framed: Any) -> bool:
+        """
+        A message numbered in Redis (C{kind} C{"s"} or C{"b"}), its frame
+        built once: sent when it is the next offset of that stream, queued
+        while the C{hello} is being answered, skipped when already sent
+        (in the replay, or covered by the welcome's positions).  A gap or a
+        new epoch closes the connection with 1013: the client resumes and
+        is replayed exactly what it missed, or told to resynchronise.
+        """
+        if not self.answered:
+            if self._queue is not None:
+                self._queue.append((kind, epoch, offset, framed))
+            return False
+        assert self._last is not None
+        known, last = self._last[kind]
+        if epoch == known and offset <= last:
+            return False
+        if epoch != known or offset != last + 1:
+            self.answered = False
+            self.conn.close(1013, "stream moved on, resume")
+            return False
+        self._last[kind] = (epoch, offset)
+        sent: bool = self.conn.sendPrepared(framed)
         return sent
 
     def reply(self, message: Message) -> str:
@@ -299,6 +358,9 @@ class SessionProtocol:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        self._queue = None
+        if self._clientName is not None and getattr(self.registry, "streamed", False):
+            self.registry.clientGone(self.sid, self._clientName)
         client = self._client
         if client is not None:
             self._client = None
@@ -330,8 +392,8 @@ class SessionProtocol:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        session = registry.sessionStream(self.sid, create=True)
-        broadcast = registry.broadcastStream
+        if record.state is None:
+            record.state = {}
         state = record.state
         clients: Dict[str, ClientIds] = state.setdefault("clients", {})
         _forgetIdle(clients, registry.history.clock.seconds(), registry.history.ttl)
@@ -341,6 +403,15 @@ class SessionProtocol:
         client.connections += 1
         self._client = client
         self._clients = clients
+        self._clientName = clientName
+        if getattr(registry, "streamed", False):
+            self._helloing = True
+            self._queue = []
+            d = registry.openStreams(self.sid, resume)
+            d.addCallbacks(self._opened, self._notOpened, callbackArgs=(resume is not None,))
+            return
+        session = registry.sessionStream(self.sid, create=True)
+        broadcast = registry.broadcastStream
         gaps: Optional[Tuple[List[Tuple[int, Message]], List[Tuple[int, Message]]]] = None
         if resume is not None:
             sessionGap = session.since(*resume[0])
@@ -357,12 +428,71 @@ class SessionProtocol:
                 for offset, message in gap:
                     send(streamFrame(kind, offset, message))
 
+    def _opened(self, result: Any, resuming: bool) -> None:
+        """
+        Redis answered the C{hello} (L{wsglue.cluster.registry.
+        ClusterRegistry.openStreams}): the welcome, the replay, then what
+        arrived meanwhile, then the client's m frames that waited.
+        """
+        self._helloing = False
+        if not self._open:
+            return
+        session, broadcast, gaps = result
+        if resuming and self.counters is not None:
+            self.counters.add("resumes:true" if gaps is not None else "resumes:false")
+        send = self.conn.sendRaw
+        send(welcomeFrame(gaps is not None, session, broadcast))
+        self.answered = True
+        self._last = {"s": session, "b": broadcast}
+        if gaps is not None:
+            for kind, gap in zip("sb", gaps):
+                for offset, message in gap:
+                    send(streamFrame(kind, offset, message))
+        queue, self._queue = self._queue or [], None
+        for kind, epoch, offset, framed in queue:
+            self.deliverNumbered(kind, epoch, offset, framed)
+        inbox, self._inbox = self._inbox or [], None
+        for messageId, data in inbox:
+            self._message(messageId, data)
+
+    def _notOpened(self, failure: Any) -> None:
+        self._helloing = False
+        self._queue = None
+        if self._open:
+            _log.info("hello of {sid} not answered: {why}", sid=shortId(self.sid), why=failure.getErrorMessage())
+            self.conn.close(1013, "Redis unreachable, try again later")
+
     def _message(self, messageId: int, data: Message) -> None:
         client = self._client
         assert client is not None
+        if self._clientName is not None and getattr(self.registry, "streamed", False):
+            self._messageThroughRedis(client, messageId, data)
+            return
         if client.take(messageId):
             self.handler.received(self.sid, self.conn, data)
         self.conn.sendRaw(ackFrame(messageId))
+
+    def _messageThroughRedis(self, client: ClientIds, messageId: int, data: Message) -> None:
+        """
+        The ids a client sent are kept in Redis, so that a resume on
+        another process does not double them; while Redis is unreachable,
+        in this process.  Handled and acked in the order received.
+        """
+        assert self._clientName is not None
+        d = self.registry.takeClientId(self.sid, self._clientName, messageId)
+        d.addErrback(lambda f: client.take(messageId))
+        chain = self._chain if self._chain is not None else defer.succeed(None)
+        chain.addCallback(lambda _: d)
+        chain.addCallback(self._taken, client, messageId, data)
+        chain.addErrback(lambda f: _log.failure("handling a message of {sid} failed", f, sid=shortId(self.sid)))
+        self._chain = chain
+
+    def _taken(self, isNew: Any, client: ClientIds, messageId: int, data: Message) -> None:
+        client.take(messageId)
+        if isNew:
+            self.handler.received(self.sid, self.conn, data)
+        if self._open:
+            self.conn.sendRaw(ackFrame(messageId))
 
 
 __all__ = [

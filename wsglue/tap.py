@@ -5,6 +5,7 @@ wires the parts of the service together and turns the speed levers on.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Dict, Optional
 
@@ -157,15 +158,16 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     if options.get("redis-url") is not None:
         from wsglue.cluster.registry import ClusterRegistry
 
-        # Each process sends the demo broadcast to its own connections only
-        # (broadcastLocal), so each connection gets one per interval whatever
-        # the number of processes and hosts.
+        # The demo broadcast goes once per interval to every connection
+        # whatever the number of processes and hosts (demoBroadcast).
         registry: SessionRegistry = ClusterRegistry(options["redis-url"], reactor=reactor, counters=counters)
     else:
         registry = SessionRegistry()
     # Before anything takes hold of its broadcast methods.
     timeBroadcasts(registry, counters)
-    demoBroadcast = getattr(registry, "broadcastLocal", registry.broadcast)
+    demoBroadcast: Any = registry.broadcast
+    if hasattr(registry, "demoBroadcast"):
+        demoBroadcast = functools.partial(registry.demoBroadcast, interval=options["broadcast-interval"])
     configureContinuity(registry, options, reactor)
     limits = Limits(
         maxConnections=options["max-connections"],

@@ -16,7 +16,12 @@ MAGIC = b"W1"
 OP_SEND = b"s"
 OP_BROADCAST = b"b"
 OP_CLOSE = b"c"
-_OPS = (OP_SEND, OP_BROADCAST, OP_CLOSE)
+# A send or broadcast numbered in its Redis-kept stream: the body starts
+# with the offset and the epoch (see wsglue.cluster.streams).
+OP_SEND_STREAM = b"S"
+OP_BROADCAST_STREAM = b"B"
+_OPS = (OP_SEND, OP_BROADCAST, OP_CLOSE, OP_SEND_STREAM, OP_BROADCAST_STREAM)
+_NUMBERED = (OP_SEND_STREAM, OP_BROADCAST_STREAM)
 KIND_TEXT = b"t"
 KIND_BINARY = b"b"
 KIND_NONE = b"-"
@@ -34,6 +39,8 @@ class Envelope(NamedTuple):
     message: Optional[Message] = None
     code: int = 1000
     reason: str = ""
+    offset: int = 0
+    epoch: str = ""
 
 
 def newNodeId() -> str:
@@ -41,6 +48,15 @@ def newNodeId() -> str:
     A random id for this process, unique in the cluster.
     """
     return secrets.token_hex(NODE_ID_LENGTH // 2)
+
+
+def head(op: bytes, origin: str, message: Message) -> bytes:
+    """
+    The start of an envelope for C{message}, before its body: what the
+    Redis scripts prefix to the offset, the epoch and the payload.
+    """
+    kind = KIND_TEXT if isinstance(message, str) else KIND_BINARY
+    return MAGIC + op + kind + origin.encode("ascii")
 
 
 def encode(op: bytes, origin: str, message: Optional[Message] = None, code: int = 1000, reason: str = "") -> bytes:
@@ -84,8 +100,14 @@ def decode(data: bytes) -> Envelope:
         return Envelope(op, origin, None, code, body[2:].decode("utf-8", "replace"))
     if op not in _OPS:
         raise ValueError(f"unknown op {op!r}")
+    offset, epoch = 0, ""
+    if op in _NUMBERED:
+        parts = body.split(b" ", 2)
+        if len(parts) != 3 or not parts[0].isdigit():
+            raise ValueError("numbered envelope without an offset")
+        offset, epoch, body = int(parts[0]), parts[1].decode("ascii", "replace"), parts[2]
     if kind == KIND_TEXT:
-        return Envelope(op, origin, body.decode("utf-8"))
+        return Envelope(op, origin, body.decode("utf-8"), offset=offset, epoch=epoch)
     if kind == KIND_BINARY:
-        return Envelope(op, origin, body)
+        return Envelope(op, origin, body, offset=offset, epoch=epoch)
     raise ValueError(f"unknown kind {kind!r}")

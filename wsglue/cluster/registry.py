@@ -42,7 +42,7 @@ other nodes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -51,11 +51,35 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.cluster.envelope import OP_BROADCAST, OP_CLOSE, OP_SEND, decode, encode, newNodeId
+from wsglue.cluster.envelope import (
+    OP_BROADCAST,
+    OP_BROADCAST_STREAM,
+    OP_CLOSE,
+    OP_SEND,
+    OP_SEND_STREAM,
+    decode,
+    encode,
+    head,
+    newNodeId,
+)
 from wsglue.cluster.link import IRedisLink, RedisUnavailable, TxRedisLink
 from wsglue.cluster.redisurl import RedisURL
+from wsglue.cluster.streams import (
+    appendScript,
+    endScript,
+    gapOf,
+    joinScript,
+    leadScript,
+    leaveScript,
+    openScript,
+    takeScript,
+    text,
+    touchScript,
+)
+from wsglue.continuity import streamFrame
 from wsglue.counters import Counters, RateLimitedWarning
-from wsglue.registry import IConnection, Message, SessionRegistry
+from wsglue.registry import IConnection, Message, SessionRegistry, prepare
+from wsglue.streams import History, newEpoch
 
 _log = Logger()
 
@@ -133,7 +157,8 @@ class ClusterRegistry(SessionRegistry):
         self.counters = counters if counters is not None else Counters()
         self.counters.declare(COUNTERS)
         # Publications made while Redis was unreachable, oldest first.
-        self._held: Deque[Tuple[str, bytes]] = deque()
+        # A stream append held is (None, (sid or None, message)).
+        self._held: Deque[Tuple[Optional[str], Any]] = deque()
         # Presence must be written in full (DEL + SADD all) before it can be
         # kept up to date one session at a time.
         self._presenceDirty = True
@@ -147,6 +172,22 @@ class ClusterRegistry(SessionRegistry):
         self._leaving: Dict[str, None] = {}
         self._flushing: Any = None
         self._warn = RateLimitedWarning(reactor, 10.0, _log)
+        # Continuity in Redis (see configure): the streams, the client ids.
+        self.streamed = False
+        # Sessions whose channel Redis confirmed we are subscribed to, and
+        # the hellos waiting for it.
+        self._confirmed: Dict[str, None] = {}
+        self._subscribing: Dict[str, List[Deferred]] = {}
+        # Sessions with a wsglue.v1 client answered here: their stream keys
+        # are kept alive by the heartbeat while they are.
+        self._streaming: Dict[str, None] = {}
+        # Presence cluster-wide (see watchPresence).
+        self._clusterStarted: Optional[Callable[[str], None]] = None
+        self._clusterEnded: Optional[Callable[[str], None]] = None
+        self._departures = 0
+        self._graceCalls: Dict[str, Any] = {}
+        self.onlineKey = self.prefix + "online"
+        self.demoKey = self.prefix + "demo"
 
     # -- names ---------------------------------------------------------------
 
@@ -161,6 +202,32 @@ class ClusterRegistry(SessionRegistry):
         The Redis set of the sessions that node C{nodeId} holds.
         """
         return f"{self.prefix}node:{nodeId or self.nodeId}"
+
+    def streamKeys(self, sid: Optional[str]) -> List[str]:
+        """
+        The Redis keys of the session stream of C{sid} (C{None}: the
+        broadcast stream): its hash and its Redis Stream.
+        """
+        if sid is None:
+            return [self.prefix + "bm", self.prefix + "bx"]
+        return [self.prefix + "sm:" + sid, self.prefix + "sx:" + sid]
+
+    def idsKey(self, sid: str, client: str) -> str:
+        """
+        The sorted set of the message ids that client C{client} of session
+        C{sid} sent.
+        """
+        return f"{self.prefix}ids:{sid}:{client}"
+
+    def configure(self, history: Optional[History] = None, presenceGrace: float = 30.0, clock: Any = None) -> None:
+        """
+        As L{SessionRegistry.configure}; with continuity on, the streams
+        and the client ids live in Redis, shared by every process.
+        """
+        SessionRegistry.configure(self, history, presenceGrace, clock)
+        self.streamed = self.history is not None
+        if self.streamed:
+            self.broadcastStream = None
 
     # -- life ----------------------------------------------------------------
 
@@ -197,6 +264,8 @@ class ClusterRegistry(SessionRegistry):
 
     def add(self, sid: str, conn: IConnection) -> bool:
         isNew = SessionRegistry.add(self, sid, conn)
+        if isNew and self._presenceKept():
+            self._joined(sid)
         if isNew:
             if sid in self._leaving:
                 # Closed and opened again before Redis heard of it: its
@@ -209,7 +278,11 @@ class ClusterRegistry(SessionRegistry):
 
     def remove(self, sid: str, conn: IConnection) -> bool:
         closed = SessionRegistry.remove(self, sid, conn)
+        if closed and self._presenceKept():
+            self._left(sid)
         if closed:
+            if self._streaming.pop(sid, None) is not None:
+                self._touch(self.streamKeys(sid))
             if sid in self._joining:
                 del self._joining[sid]  # Redis never heard of it
             else:
@@ -235,6 +308,9 @@ class ClusterRegistry(SessionRegistry):
         joining, self._joining = list(self._joining), {}
         for i in range(0, len(leaving), _BATCH):
             batch = leaving[i : i + _BATCH]
+            for sid in batch:
+                self._confirmed.pop(sid, None)
+                self._subscribing.pop(sid, None)
             self.link.unsubscribe([self.sessionChannel(sid) for sid in batch])
             self._presence("SREM", batch)
         for i in range(0, len(joining), _BATCH):
@@ -248,6 +324,7 @@ class ClusterRegistry(SessionRegistry):
                 subscribed.addCallback(self._announce, batch)
 
     def _announce(self, _: Any, sids: List[str]) -> None:
+        self._confirm(sids)
         present = [sid for sid in sids if sid in self]
         if present:
             self._presence("SADD", present)
@@ -259,10 +336,41 @@ class ClusterRegistry(SessionRegistry):
         @return: the number of connections of this process reached; the
             other nodes' connections are reached through Redis, later.
         """
+        if self.streamed:
+            self._append(sid, message)
+            return self._sendPlain(sid, message)
         # Published first, so that the other nodes deliver while this one
         # does (see TxRedisLink.publish).
         self._publish(self.sessionChannel(sid), encode(OP_SEND, self.nodeId, message))
         return SessionRegistry.send(self, sid, message)
+
+    def _sendPlain(self, sid: str, message: Message) -> int:
+        """
+        With the streams in Redis: send C{message} now to this process's
+        plain connections of C{sid}; its C{wsglue.v1} ones get it with its
+        offset once Redis numbered it (L{received}).
+
+        @return: the connections of C{sid} here (reached now or soon).
+        """
+        conns = self._sessions.get(sid)
+        if not conns:
+            return 0
+        prepared = prepare(message)
+        for conn in list(conns):
+            if getattr(conn, "continuity", None) is None:
+                conn.sendPrepared(prepared)
+        return len(conns)
+
+    def _broadcastPlain(self, message: Message) -> int:
+        """
+        As L{_sendPlain}, for every session of this process.
+        """
+        prepared = prepare(message)
+        for conns in list(self._sessions.values()):
+            for conn in list(conns):
+                if getattr(conn, "continuity", None) is None:
+                    conn.sendPrepared(prepared)
+        return self._count
 
     def broadcast(self, message: Message) -> int:
         """
@@ -270,6 +378,9 @@ class ClusterRegistry(SessionRegistry):
 
         @return: the number of connections of this process reached.
         """
+        if self.streamed:
+            self._append(None, message)
+            return self._broadcastPlain(message)
         # Published first: a broadcast reaches the other nodes' connections
         # while this node walks its own, instead of after it.
         self._publish(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
@@ -310,6 +421,10 @@ class ClusterRegistry(SessionRegistry):
         # This process's own subscription, if Redis has it, is in PUBLISH's
         # reply but delivers nothing (see received).
         subscribedHere = sid in self._leaving or (sid in self and sid not in self._joining)
+        if self.streamed:
+            d = self._append(sid, message)
+            local = self._sendPlain(sid, message)
+            return d.addCallback(lambda r: local + max(0, r[2] - subscribedHere))
         d = self._publishCounted(self.sessionChannel(sid), encode(OP_SEND, self.nodeId, message))
         local = SessionRegistry.send(self, sid, message)
         return d.addCallback(lambda n: local + max(0, n - subscribedHere))
@@ -323,6 +438,10 @@ class ClusterRegistry(SessionRegistry):
         connections reached by the number of idle processes.
         """
         subscribedHere = self._subscribed
+        if self.streamed:
+            d = self._append(None, message)
+            local = self._broadcastPlain(message)
+            return d.addCallback(lambda r: local + max(0, r[2] - subscribedHere))
         d = self._publishCounted(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
         local = self.broadcastLocal(message)
         return d.addCallback(lambda n: local + max(0, n - subscribedHere))
@@ -401,6 +520,300 @@ class ClusterRegistry(SessionRegistry):
         d.addErrback(self._unavailable)
         return d
 
+    # -- presence, cluster-wide ---------------------------------------------
+
+    def watchPresence(self, started: Optional[Callable[[str], None]], ended: Optional[Callable[[str], None]]) -> None:
+        """
+        Call C{started(sid)} when a session opens its first connection
+        anywhere in the cluster, and C{ended(sid)} once it has had none
+        anywhere for the presence grace; each once per start and end, on
+        one process (Redis counts the processes that hold each session).
+        """
+        self._clusterStarted = started
+        self._clusterEnded = ended
+
+    def _presenceKept(self) -> bool:
+        """
+        Whether presence is kept in Redis: with continuity on, or for a
+        handler that watches it.
+        """
+        return self.streamed or self._clusterStarted is not None
+
+    def _presenceKeys(self, sid: str) -> List[str]:
+        return [self.prefix + "pc:" + sid, self.prefix + "pg:" + sid]
+
+    def _presenceFailed(self, f: Failure) -> None:
+        self.counters["redis_presence_failed"] += 1
+        self._warn(
+            "presence",
+            "redis presence update failed: {why} ({suppressed} more since the last warning)",
+            why=f.getErrorMessage(),
+        )
+
+    def _joined(self, sid: str) -> None:
+        call = self._graceCalls.pop(sid, None)
+        if call is not None and call.active():
+            call.cancel()
+        count, grace = self._presenceKeys(sid)
+        d = joinScript(self.link, [count, grace, self.onlineKey], [sid])
+
+        def opened(first: Any) -> None:
+            if int(first) and self._clusterStarted is not None:
+                self._clusterStarted(sid)
+
+        d.addCallbacks(opened, self._presenceFailed)
+
+    def _left(self, sid: str) -> None:
+        self._departures += 1
+        token = f"{self.nodeId}.{self._departures}"
+        grace = max(0.0, self.presenceGrace)
+        d = leaveScript(self.link, self._presenceKeys(sid), [token, int(grace * 1000) + 60_000])
+
+        def last(gone: Any) -> None:
+            if not int(gone):
+                return
+            if grace <= 0:
+                self._graceOver(sid, token)
+            elif not self._stopped:
+                self._graceCalls[sid] = self.reactor.callLater(grace, self._graceOver, sid, token)
+
+        d.addCallbacks(last, self._presenceFailed)
+
+    def _graceOver(self, sid: str, token: str) -> None:
+        self._graceCalls.pop(sid, None)
+        d = endScript(self.link, [self._presenceKeys(sid)[1], self.onlineKey], [token, sid])
+
+        def ended(yes: Any) -> None:
+            if int(yes) and self._clusterEnded is not None:
+                self._clusterEnded(sid)
+
+        d.addCallbacks(ended, self._presenceFailed)
+
+    def online(self, sid: str) -> Any:  # type: ignore[override]
+        """
+        Whether session C{sid} is present anywhere in the cluster (from
+        its start to its end, see L{watchPresence}).
+
+        @return: a Deferred firing with a bool.
+        """
+        if sid in self._sessions:
+            return defer.succeed(True)
+        d = self.link.execute("SISMEMBER", self.onlineKey, sid)
+        return d.addCallback(lambda n: bool(int(n)))
+
+    def onlineCount(self) -> Any:  # type: ignore[override]
+        """
+        How many sessions are present anywhere in the cluster.
+
+        @return: a Deferred firing with an int.
+        """
+        return self.link.execute("SCARD", self.onlineKey).addCallback(int)
+
+    def stopTimers(self) -> None:
+        SessionRegistry.stopTimers(self)
+        calls, self._graceCalls = self._graceCalls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
+
+    # -- the demo broadcast ---------------------------------------------------
+
+    def demoBroadcast(self, message: Message, interval: float = 3.0) -> None:
+        """
+        The demo broadcast, once per interval for the whole cluster: with
+        the streams in Redis, one process (the holder of a lock key, kept
+        while it lives) sends it to everyone, so that the broadcast offsets
+        stay +1; without, each process sends it to its own connections.
+        """
+        if not self.streamed:
+            self.broadcastLocal(message)
+            return
+        if not self.link.available():
+            return
+        ms = int(max(2.5 * interval, 1.0) * 1000)
+        d = leadScript(self.link, [self.demoKey], [self.nodeId, ms])
+
+        def lead(mine: Any) -> None:
+            if int(mine):
+                self.broadcast(message)
+
+        d.addCallbacks(lead, lambda f: None)
+
+    # -- streams in Redis ------------------------------------------------------
+
+    def _append(self, sid: Optional[str], message: Message) -> Deferred:
+        """
+        Number C{message} in the stream of session C{sid} (C{None}: the
+        broadcast stream) in Redis, which publishes it with its offset to
+        every process (this one included: its C{wsglue.v1} connections get
+        it from there, in offset order); held while Redis is unreachable.
+
+        @return: a Deferred firing with C{(offset, epoch, receivers)};
+            C{(None, None, 0)} when held or failed.
+        """
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"can only send str or bytes, not {type(message).__name__}")
+        if self._held:
+            self.flushHeld()
+        if self._held or not self.link.available():
+            self._hold(None, (sid, message))
+            return defer.succeed((None, None, 0))
+        return self._appendNow(sid, message)
+
+    def _appendNow(self, sid: Optional[str], message: Message) -> Deferred:
+        history = self.history
+        assert history is not None
+        if sid is None:
+            channel, op, plain, expires = self.allChannel, OP_BROADCAST_STREAM, OP_BROADCAST, "0"
+        else:
+            channel, op, plain, expires = self.sessionChannel(sid), OP_SEND_STREAM, OP_SEND, "1"
+        payload = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        args = [
+            payload,
+            "t" if isinstance(message, str) else "b",
+            history.size,
+            history.bytes,
+            int(history.ttl * 1000),
+            newEpoch(),
+            channel,
+            head(op, self.nodeId, message),
+            head(plain, self.nodeId, message),
+            expires,
+            "1",
+        ]
+        try:
+            d = appendScript(self.link, self.streamKeys(sid), args)
+        except Exception as e:
+            self._publishFailed(str(e))
+            return defer.succeed((None, None, 0))
+        self.counters["redis_published"] += 1
+
+        def done(r: Any) -> Tuple[Optional[int], Optional[str], int]:
+            return int(r[0]) or None, text(r[1]) or None, int(r[2])
+
+        def failed(f: Failure) -> Tuple[None, None, int]:
+            self._publishFailed(f.getErrorMessage())
+            return None, None, 0
+
+        return d.addCallbacks(done, failed)
+
+    def openStreams(self, sid: str, resume: Optional[Tuple[Tuple[str, int], Tuple[str, int]]]) -> Deferred:
+        """
+        Answer a C{hello} of session C{sid} from Redis: once this process
+        is subscribed to the session's channel (so every message numbered
+        after the read reaches it), make both streams if missing and read
+        the gaps after the client's positions.
+
+        @return: a Deferred firing with C{(session position, broadcast
+            position, gaps or None)}, or failing with L{RedisUnavailable}.
+        """
+        if not self.link.available():
+            return defer.fail(RedisUnavailable(f"Redis at {self.url} is unreachable"))
+        history = self.history
+        assert history is not None
+        d = self._whenSubscribed(sid)
+
+        def read(_: Any) -> Deferred:
+            if resume is None:
+                positions: List[Any] = ["0", "", 0, "", 0]
+            else:
+                (se, so), (be, bo) = resume
+                positions = ["1", se, so, be, bo]
+            args = [newEpoch(), newEpoch(), int(history.ttl * 1000), history.size, history.bytes, *positions]
+            return openScript(self.link, self.streamKeys(sid) + self.streamKeys(None), args)
+
+        def answer(r: Any) -> Any:
+            session = (text(r[0]), int(r[1]))
+            broadcast = (text(r[2]), int(r[3]))
+            gaps = (gapOf(r[5]), gapOf(r[6])) if int(r[4]) else None
+            if sid in self._sessions:
+                self._streaming[sid] = None
+            return session, broadcast, gaps
+
+        d.addCallback(read)
+        d.addCallback(answer)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _whenSubscribed(self, sid: str, timeout: float = 5.0) -> Deferred:
+        """
+        Fire once Redis confirmed this process's subscriptions to the
+        broadcast channel and to session C{sid}'s.
+        """
+        if self._subscribed and sid in self._confirmed:
+            return defer.succeed(None)
+        d: Deferred = Deferred()
+        self._subscribing.setdefault(sid, []).append(d)
+        d.addTimeout(timeout, self.reactor, _notSubscribed)
+        return d
+
+    def _confirm(self, sids: Iterable[str]) -> None:
+        for sid in sids:
+            if sid not in self._sessions:
+                continue
+            self._confirmed[sid] = None
+            if self._subscribed:
+                for d in self._subscribing.pop(sid, ()):
+                    if not d.called:
+                        d.callback(None)
+
+    def takeClientId(self, sid: str, client: str, messageId: int) -> Deferred:
+        """
+        Note message C{messageId} of client C{client} of session C{sid} in
+        Redis (the latest 1,000 per client, for the history ttl).
+
+        @return: a Deferred firing with whether it is new; failing with
+            L{RedisUnavailable}.
+        """
+        history = self.history
+        assert history is not None
+        if not self.link.available():
+            return defer.fail(RedisUnavailable(f"Redis at {self.url} is unreachable"))
+        d = takeScript(self.link, [self.idsKey(sid, client)], [messageId, int(history.ttl * 1000)])
+        return d.addCallback(lambda added: bool(int(added)))
+
+    def clientGone(self, sid: str, client: str) -> None:
+        """
+        A C{wsglue.v1} connection of client C{client} of session C{sid}
+        closed: its ids and the session stream are kept for the history
+        ttl from now.
+        """
+        self._touch([self.idsKey(sid, client)] + self.streamKeys(sid))
+
+    def _touch(self, keys: List[str]) -> None:
+        history = self.history
+        if history is None or not keys or not self.link.available() or history.ttl <= 0:
+            return
+        self._tolerate(touchScript(self.link, keys, [int(history.ttl * 1000)]))
+
+    def _deliverNumbered(self, sid: Optional[str], envelope: Any) -> None:
+        """
+        A message numbered in Redis: to this process's C{wsglue.v1}
+        connections with its offset, and (unless this process sent it, and
+        so delivered it to them already) to its plain ones.
+        """
+        own = envelope.origin == self.nodeId
+        if sid is None:
+            conns: List[Any] = [c for record in self._sessions.values() for c in record]
+        else:
+            conns = list(self._sessions.get(sid, ()))
+        if not conns:
+            return
+        message = envelope.message
+        kind = "b" if sid is None else "s"
+        plain = framed = None
+        for conn in conns:
+            session = getattr(conn, "continuity", None)
+            if session is None:
+                if not own:
+                    if plain is None:
+                        plain = prepare(message)
+                    conn.sendPrepared(plain)
+            else:
+                if framed is None:
+                    framed = prepare(streamFrame(kind, envelope.offset, message))
+                session.deliverNumbered(kind, envelope.epoch, envelope.offset, framed)
+
     # -- publishing ----------------------------------------------------------
 
     def _publish(self, channel: str, data: bytes) -> None:
@@ -430,7 +843,7 @@ class ClusterRegistry(SessionRegistry):
         self.counters["redis_published"] += 1
         d.addErrback(lambda f: self._publishFailed(f.getErrorMessage()))
 
-    def _hold(self, channel: str, data: bytes) -> None:
+    def _hold(self, channel: Optional[str], data: Any) -> None:
         """
         Keep a publication made while Redis is unreachable, to be published
         in order once it is back (L{flushHeld}).  At most L{holdLimit} are
@@ -463,7 +876,10 @@ class ClusterRegistry(SessionRegistry):
         available = self.link.available
         while held and available():
             channel, data = held.popleft()
-            self._send(channel, data)
+            if channel is None:
+                self._appendNow(*data)
+            else:
+                self._send(channel, data)
 
     def commandsReady(self) -> None:
         """
@@ -528,6 +944,7 @@ class ClusterRegistry(SessionRegistry):
         # that every session we hold can be reached.
         self._subscribed = True
         self._presenceDirty = True
+        self._confirm(self.sessions())
         self._beat()
 
     def subscriberLost(self) -> None:
@@ -535,6 +952,7 @@ class ClusterRegistry(SessionRegistry):
         The subscriber connection is gone; txredisapi reconnects it.
         """
         self._subscribed = False
+        self._confirmed.clear()
         _log.warn(
             "cluster node {node} lost Redis at {url}; local traffic goes on, reconnecting",
             node=self.nodeId[:8],
@@ -560,6 +978,15 @@ class ClusterRegistry(SessionRegistry):
                 channel=channel,
                 why=str(e),
             )
+            return
+        if envelope.op in (OP_SEND_STREAM, OP_BROADCAST_STREAM):
+            try:
+                if envelope.op == OP_BROADCAST_STREAM:
+                    self._deliverNumbered(None, envelope)
+                elif channel.startswith(self._sessionPrefix):
+                    self._deliverNumbered(channel[len(self._sessionPrefix) :], envelope)
+            except Exception:
+                _log.failure("delivering a message from node {node} failed", node=envelope.origin[:8])
             return
         if envelope.origin == self.nodeId:
             # Delivered locally when it was sent.
@@ -622,6 +1049,7 @@ class ClusterRegistry(SessionRegistry):
             else:
                 ds = [self.link.execute("EXPIRE", key, ttl)]
                 ds[0].addCallback(self._checkExpire)
+            ds.extend(self._keepStreams())
             now = self.reactor.seconds()
             ds.append(self.link.execute("ZADD", self.nodesKey, repr(now + self.ttl), self.nodeId))
             ds.append(self.link.execute("ZREMRANGEBYSCORE", self.nodesKey, "-inf", repr(now)))
@@ -633,6 +1061,22 @@ class ClusterRegistry(SessionRegistry):
         d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
         self._tolerate(d)
         return None
+
+    def _keepStreams(self) -> List[Deferred]:
+        """
+        Refresh the time to live of the session streams that this process
+        has C{wsglue.v1} clients of: a session stream lives while the
+        session has a connection, and for the history ttl after.
+        """
+        history = self.history
+        if history is None or history.ttl <= 0 or not self._streaming:
+            return []
+        sids = list(self._streaming)
+        ttl = int(history.ttl * 1000)
+        return [
+            touchScript(self.link, [k for sid in sids[i : i + 250] for k in self.streamKeys(sid)], [ttl])
+            for i in range(0, len(sids), 250)
+        ]
 
     def _checkExpire(self, result: Any) -> None:
         # 0: our set is missing (Redis restarted, or it expired); if we hold
@@ -652,6 +1096,10 @@ class ClusterRegistry(SessionRegistry):
         if f.check(RedisUnavailable):
             return f
         return Failure(RedisUnavailable(f.getErrorMessage()))
+
+
+def _notSubscribed(result: Any, timeout: float) -> Any:
+    raise RedisUnavailable(f"not subscribed within {timeout} seconds")
 
 
 def _strings(values: Iterable[Any]) -> List[str]:
