@@ -7,7 +7,7 @@ answers with a Deferred, so the API's routes are the same either way.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -15,14 +15,30 @@ from twisted.internet.defer import Deferred
 from wsglue.registry import Message, SessionRegistry
 
 
+class Delivered(NamedTuple):
+    """
+    What a send or broadcast reached, and the offset and epoch the message
+    got in its stream (C{None}, C{None} when it is in none: continuity off,
+    or the message held while Redis is unreachable).
+    """
+
+    delivered: int
+    offset: Optional[int] = None
+    epoch: Optional[str] = None
+
+
 def streamPosition(registry: SessionRegistry, sid: Optional[str]) -> Tuple[Optional[int], Optional[str]]:
     """
-    The offset and epoch that the message just sent to session C{sid}
-    (C{None}: the broadcast stream) got in its stream, or C{(None, None)}
-    when it has no stream.  Streams do not exist yet: always C{(None, None)}.
-    This is the one place that will read them.
+    The offset and epoch of the last message of session C{sid}'s stream
+    (C{None}: the broadcast stream) in this process, or C{(None, None)}
+    when there is no such stream.  Read right after a send, in the same
+    reactor turn, it is that message's.
     """
-    return None, None
+    stream = registry.broadcastStream if sid is None else registry.sessionStream(sid)
+    if stream is None:
+        return None, None
+    epoch, offset = stream.position()
+    return offset, epoch
 
 
 class LocalDelivery:
@@ -39,13 +55,15 @@ class LocalDelivery:
         """
         Fire with the number of connections of C{sid} reached.
         """
-        return defer.succeed(self.registry.send(sid, message))
+        n = self.registry.send(sid, message)
+        return defer.succeed(Delivered(n, *streamPosition(self.registry, sid)))
 
     def broadcast(self, message: Message) -> Deferred:
         """
         Fire with the number of connections reached.
         """
-        return defer.succeed(self.registry.broadcast(message))
+        n = self.registry.broadcast(message)
+        return defer.succeed(Delivered(n, *streamPosition(self.registry, None)))
 
     def close(self, sid: str, code: int, reason: str) -> Deferred:
         """
@@ -84,11 +102,11 @@ class ClusterDelivery(LocalDelivery):
 
     def send(self, sid: str, message: Message) -> Deferred:
         d: Deferred = self.registry.sendCounted(sid, message)
-        return d
+        return d.addCallback(lambda counted: Delivered(*counted))
 
     def broadcast(self, message: Message) -> Deferred:
         d: Deferred = self.registry.broadcastCounted(message)
-        return d
+        return d.addCallback(lambda counted: Delivered(*counted))
 
     def close(self, sid: str, code: int, reason: str) -> Deferred:
         d: Deferred = self.registry.closeCounted(sid, code, reason)

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from wsglue.api.delivery import LocalDelivery, streamPosition
+from wsglue.api.delivery import Delivered, LocalDelivery
 from wsglue.api.http import errorBody
 from wsglue.api.idempotency import KeyInUse, scopedKey
 from wsglue.counters import Counters
@@ -246,12 +246,12 @@ class ApiResource(Resource):
         _checkSid(sid)
         message = self._message(request)
         d = self.delivery.send(sid, message)
-        return d.addCallback(lambda n: _delivered(self.delivery, n, sid))
+        return d.addCallback(_delivered)
 
     def postBroadcast(self, request: Any) -> Deferred:
         message = self._message(request)
         d = self.delivery.broadcast(message)
-        return d.addCallback(lambda n: _delivered(self.delivery, n, None))
+        return d.addCallback(_delivered)
 
     @defer.inlineCallbacks
     def postBatch(self, request: Any) -> Any:
@@ -259,10 +259,10 @@ class ApiResource(Resource):
         results: List[Dict[str, Any]] = []
         for sid, data in items:
             if sid is None:
-                n = yield self.delivery.broadcast(data)
+                done = yield self.delivery.broadcast(data)
             else:
-                n = yield self.delivery.send(sid, data)
-            results.append(_delivered(self.delivery, n, sid))
+                done = yield self.delivery.send(sid, data)
+            results.append(_delivered(done))
         return {"results": results}
 
     @defer.inlineCallbacks
@@ -368,9 +368,8 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
-def _delivered(delivery: LocalDelivery, n: int, sid: Optional[str]) -> Dict[str, Any]:
-    offset, epoch = streamPosition(delivery.registry, sid)
-    return {"delivered": n, "offset": offset, "epoch": epoch}
+def _delivered(done: Delivered) -> Dict[str, Any]:
+    return {"delivered": done.delivered, "offset": done.offset, "epoch": done.epoch}
 
 
 def _checkSid(sid: str) -> None:

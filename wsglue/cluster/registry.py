@@ -408,7 +408,9 @@ class ClusterRegistry(SessionRegistry):
 
     def sendCounted(self, sid: str, message: Message) -> Deferred:
         """
-        L{send}, but fire with how many it reached: this process's
+        L{send}, but fire with C{(reached, offset, epoch)}: the offset and
+        epoch the message got in the session's stream (C{None} without one),
+        and how many it reached: this process's
         connections, plus one for each I{other} process whose subscription
         to the session's channel received it (Redis's reply to PUBLISH).
 
@@ -424,14 +426,15 @@ class ClusterRegistry(SessionRegistry):
         if self.streamed:
             d = self._append(sid, message)
             local = self._sendPlain(sid, message)
-            return d.addCallback(lambda r: local + max(0, r[2] - subscribedHere))
+            return d.addCallback(lambda r: (local + max(0, r[2] - subscribedHere), r[0], r[1]))
         d = self._publishCounted(self.sessionChannel(sid), encode(OP_SEND, self.nodeId, message))
         local = SessionRegistry.send(self, sid, message)
-        return d.addCallback(lambda n: local + max(0, n - subscribedHere))
+        return d.addCallback(lambda n: (local + max(0, n - subscribedHere), None, None))
 
     def broadcastCounted(self, message: Message) -> Deferred:
         """
-        L{broadcast}, but fire with this process's connections reached plus
+        L{broadcast}, but fire with C{(reached, offset, epoch)} as
+        L{sendCounted} does, counting this process's connections reached plus
         one for each other process that received it.  Every running process
         subscribes to the broadcast channel, so a process that holds no
         connection at all is counted too: the number may exceed the
@@ -441,10 +444,10 @@ class ClusterRegistry(SessionRegistry):
         if self.streamed:
             d = self._append(None, message)
             local = self._broadcastPlain(message)
-            return d.addCallback(lambda r: local + max(0, r[2] - subscribedHere))
+            return d.addCallback(lambda r: (local + max(0, r[2] - subscribedHere), r[0], r[1]))
         d = self._publishCounted(self.allChannel, encode(OP_BROADCAST, self.nodeId, message))
         local = self.broadcastLocal(message)
-        return d.addCallback(lambda n: local + max(0, n - subscribedHere))
+        return d.addCallback(lambda n: (local + max(0, n - subscribedHere), None, None))
 
     def closeCounted(self, sid: str, code: int = 1000, reason: str = "") -> Deferred:
         """
