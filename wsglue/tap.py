@@ -148,6 +148,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         pool.setServiceParent(top)
         levers.apply(top=top, ownProcess=handleSignals)
         if bindNow:
+            prepareSources(options)
             pool.bind()
         return top
 
@@ -240,14 +241,44 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     if options.get("api") is not None:
         api = apiService(options, registry, counters, reactor, adopt=handleSignals)
         api.setServiceParent(top)
+    # After the listener: services stop in reverse order, so a source stops
+    # reading before the connections close.
+    addSources(top, options, registry, counters, reactor)
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
     top.levers = levers  # type: ignore[attr-defined]
     if bindNow:
+        prepareSources(options)
         listener.bind()
         if options.get("api") is not None:
             top.getServiceNamed("api").bind()
     return top
+
+
+def prepareSources(options: Dict[str, Any]) -> None:
+    """
+    Make each C{--source} ready to read (a Redis Stream's consumer group
+    created), blocking, before the daemon says it listens.
+    """
+    for spec in options.get("sources", ()):
+        spec.prepare()
+
+
+def addSources(
+    top: MultiService, options: Dict[str, Any], registry: SessionRegistry, counters: Counters, reactor: Any
+) -> None:
+    """
+    Add a service for each C{--source}, delivering as the API does.
+    """
+    if not options.get("sources"):
+        return
+    from wsglue.api.delivery import deliveryFor
+
+    delivery = deliveryFor(registry)
+    for i, spec in enumerate(options["sources"]):
+        source = spec.makeSource(delivery, counters, reactor, options["max-message-size"])
+        source.setName(f"source-{i}")
+        source.setServiceParent(top)
 
 
 def apiService(
