@@ -310,8 +310,19 @@ def apiService(
     adopted = workerEndpoint(reactor, fdVariable=API_FD_VARIABLE, familyVariable=API_FAMILY_VARIABLE) if adopt else None
     folder = os.environ.get(METRICS_VARIABLE) if adopted is not None else None
     shared = SharedCounters(folder, counters, registry) if folder else None
-    metrics = MetricsResource(counters, registry, shared.others if shared is not None else None)
-    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], metrics, reactor)
+    from wsglue.api.stats import statsOf
+
+    others = shared.others if shared is not None else None
+    metrics = MetricsResource(counters, registry, others)
+    site = makeApiSite(
+        registry,
+        options["api-keys"],
+        counters,
+        options["max-message-size"],
+        metrics,
+        reactor,
+        stats=lambda: statsOf(counters, registry, others),
+    )
     endpoint = adopted if adopted is not None else endpoints.serverFromString(reactor, options["api"])
     service = ApiService(endpoint, options["api"], site, announce=adopted is None, shared=shared, reactor=reactor)
     service.setName("api")
