@@ -251,6 +251,7 @@ class RedisStreamSource(Source):
         self._groupKnown = False
         self._ownPending = True
         self._nextClaim = 0.0
+        self._clusterWaits = 0
         self._warn = RateLimitedWarning(reactor, 10.0, _log)
 
     # -- life ------------------------------------------------------------------
@@ -373,8 +374,30 @@ class RedisStreamSource(Source):
                 except defer.CancelledError:
                     return
 
+    def _clusterReachable(self) -> bool:
+        """
+        Whether the registry can reach the other processes: with C{--redis}
+        an entry read while its link is down would reach this process's
+        connections only, so none is read then.
+        """
+        link = getattr(getattr(self.delivery, "registry", None), "link", None)
+        return link is None or bool(link.available())
+
     @defer.inlineCallbacks
     def _step(self) -> Any:
+        if not self._clusterReachable():
+            self._clusterWaits += 1
+            # Quiet while the daemon starts (both links connect at once).
+            if self._clusterWaits > 25:
+                self._warn(
+                    "cluster",
+                    "source {source}: waiting for the --redis connection before reading"
+                    " ({suppressed} more since the last warning)",
+                    source=str(self.spec),
+                )
+            yield self._sleep(0.2)
+            return
+        self._clusterWaits = 0
         if not self._groupKnown:
             yield self._createGroup()
             self._groupKnown = True
