@@ -230,6 +230,32 @@ class RedisStreamTests(TestCase):
         yield waitFor(lambda: pendingCount(self.redis) == 0)
 
     @inlineCallbacks
+    def test_deliveryFailsToDead(self) -> None:
+        """
+        An entry whose delivery raises goes to C{out:dead} (reason
+        C{delivery failed: ...}) instead of being retried for ever; the
+        entry behind it is delivered.
+        """
+        yield self.start()
+        sid, tab = yield self.tab()
+        registry = self.service.registry
+        send = registry.send
+
+        def failing(target: str, message: Any) -> int:
+            if message == "poison":
+                raise RuntimeError("boom")
+            return send(target, message)
+
+        registry.send = failing
+        self.xadd("session", sid, "data", "poison")
+        self.xadd("session", sid, "data", "fine")
+        self.assertEqual((yield tab.nextMessage()), "fine")
+        yield waitFor(lambda: pendingCount(self.redis) == 0)
+        (dead,) = redisCall(self.redis, "XRANGE", "out:dead", "-", "+")
+        self.assertEqual(dict(zip(dead[1][::2], dead[1][1::2]))[b"reason"], b"delivery failed: RuntimeError")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
     def test_groupAtTheEnd(self) -> None:
         """
         Without C{start=0} the group is created at the stream's end: an

@@ -489,10 +489,20 @@ class RedisStreamSource(Source):
                     waiting.append(self._bury(entryId, flat, what.reason))
                     dead += 1
                     continue
-                if what.sid is None:
-                    waiting.append(self.delivery.broadcast(what.message))
-                else:
-                    waiting.append(self.delivery.send(what.sid, what.message))
+                try:
+                    if what.sid is None:
+                        waiting.append(self.delivery.broadcast(what.message))
+                    else:
+                        waiting.append(self.delivery.send(what.sid, what.message))
+                except Exception as e:
+                    # Retrying would fail the same way, and hold back the
+                    # entries behind it.
+                    _log.failure(
+                        "source {source}: delivering entry {entry} failed", source=str(self.spec), entry=entryId
+                    )
+                    waiting.append(self._bury(entryId, flat, f"delivery failed: {type(e).__name__}"))
+                    dead += 1
+                    continue
                 delivered += 1
             if waiting:
                 yield defer.gatherResults(waiting, consumeErrors=True)
