@@ -401,6 +401,10 @@ class RedisStreamSource(Source):
         if not self._groupKnown:
             yield self._createGroup()
             self._groupKnown = True
+            if not self._isReady:
+                _log.info(
+                    "source {source}: reading as consumer {consumer}", source=str(self.spec), consumer=self.consumer
+                )
             self.ready()
         if self.reactor.seconds() >= self._nextClaim:
             yield self._claim()
