@@ -160,3 +160,43 @@ class Presence(Recorder):
 
     def sessionEnded(self, sid: str) -> None:
         self.events.append(("ended", sid))
+
+
+# Where SourceRecorder writes (an environment variable, not a WSGLUE_ one:
+# those must name options).
+SOURCE_RECORD_VARIABLE = "SOURCE_RECORD_FOLDER"
+
+
+class SourceRecorder:
+    """
+    Records each message handed to the registry to send or broadcast (by
+    the API or a source) as a line of C{$SOURCE_RECORD_FOLDER/PID}, written
+    at once (a worker killed with SIGKILL loses none of its lines); the
+    messages themselves go on as usual.
+    """
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        import os
+
+        self.registry = registry
+        folder = os.environ[SOURCE_RECORD_VARIABLE]
+        self.fd = os.open(os.path.join(folder, str(os.getpid())), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for name in ("send", "broadcast", "sendCounted", "broadcastCounted"):
+            method = getattr(registry, name, None)
+            if method is not None:
+                setattr(registry, name, self._recording(method, name.startswith("broadcast")))
+
+    def _recording(self, method: Any, broadcast: bool) -> Any:
+        import os
+
+        def record(*args: Any) -> Any:
+            message = args[0] if broadcast else args[1]
+            if isinstance(message, bytes):
+                message = "b:" + message.hex()
+            os.write(self.fd, f"{message}\n".encode("utf-8"))
+            return method(*args)
+
+        return record
+
+    def received(self, sid: str, conn: Any, message: Any) -> None:
+        return None

@@ -47,13 +47,14 @@ class DocumentTests(SynchronousTestCase):
         api = ApiResource([b"k"], LocalDelivery(SessionRegistry()), Counters(), None, bytes)
         routes = {(r.template, m.decode().lower()) for r in api.routes for m in r.methods}
         routes.add(("/metrics", "get"))
+        routes.add(("/admin", "get"))
         documented = {(path, method) for path, ops in openapiDocument()["paths"].items() for method in ops}
         self.assertEqual(documented, routes)
 
     def test_bearer(self) -> None:
         """
-        Every operation but the document and the metrics needs the bearer
-        key.
+        Every operation but the document, the metrics and the admin page
+        (which asks for a key itself) needs the bearer key.
         """
         document = openapiDocument()
         self.assertEqual(document["openapi"], "3.1.0")
@@ -67,7 +68,7 @@ class DocumentTests(SynchronousTestCase):
         )
         self.assertEqual(document["security"], [{"bearer": []}])
         open_ = {path for path, ops in document["paths"].items() for op in ops.values() if op.get("security") == []}
-        self.assertEqual(open_, {"/api/openapi.json", "/metrics"})
+        self.assertEqual(open_, {"/api/openapi.json", "/metrics", "/admin"})
 
 
 class SchemathesisTests(TestCase):

@@ -147,6 +147,19 @@ class GlueOptions(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["allowed-origin"] = []
+        self["sources"] = []
+
+    def opt_source(self, url: str) -> None:
+        """
+        Read messages from a source (repeatable):
+        redis-stream://[:password@]host:port/db?stream=NAME&group=GROUP[&start=0].
+        """
+        from wsglue.sources.source import BadSourceURL, parseSource
+
+        try:
+            self["sources"].append(parseSource(url))
+        except BadSourceURL as e:
+            raise usage.UsageError(f"--source {url!r} is not a valid source: {e}")
 
     def opt_allowed_origin(self, pattern: str) -> None:
         """
@@ -337,7 +350,7 @@ def optionsFromEnvironment(optionsClass: Any, environ: Dict[str, str]) -> List[s
     def variable(name: str) -> str:
         return "WSGLUE_" + name.upper().replace("-", "_")
 
-    repeatable = ("allowed-origin",)
+    repeatable = ("allowed-origin", "source")
     known = {variable(row[0]) for row in optionsClass.optParameters + optionsClass.optFlags}
     known.update(variable(name) for name in repeatable)
     unknown = sorted(name for name in environ if name.startswith("WSGLUE_") and name not in known)

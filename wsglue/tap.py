@@ -149,6 +149,7 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
         pool.setServiceParent(top)
         levers.apply(top=top, ownProcess=handleSignals)
         if bindNow:
+            prepareSources(options)
             pool.bind()
         return top
 
@@ -242,14 +243,44 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
     if options.get("api") is not None:
         api = apiService(options, registry, counters, reactor, adopt=handleSignals)
         api.setServiceParent(top)
+    # After the listener: services stop in reverse order, so a source stops
+    # reading before the connections close.
+    addSources(top, options, registry, counters, reactor)
     top.factory = factory  # type: ignore[attr-defined]
     top.counters = counters  # type: ignore[attr-defined]
     top.levers = levers  # type: ignore[attr-defined]
     if bindNow:
+        prepareSources(options)
         listener.bind()
         if options.get("api") is not None:
             top.getServiceNamed("api").bind()
     return top
+
+
+def prepareSources(options: Dict[str, Any]) -> None:
+    """
+    Make each C{--source} ready to read (a Redis Stream's consumer group
+    created), blocking, before the daemon says it listens.
+    """
+    for spec in options.get("sources", ()):
+        spec.prepare()
+
+
+def addSources(
+    top: MultiService, options: Dict[str, Any], registry: SessionRegistry, counters: Counters, reactor: Any
+) -> None:
+    """
+    Add a service for each C{--source}, delivering as the API does.
+    """
+    if not options.get("sources"):
+        return
+    from wsglue.api.delivery import deliveryFor
+
+    delivery = deliveryFor(registry)
+    for i, spec in enumerate(options["sources"]):
+        source = spec.makeSource(delivery, counters, reactor, options["max-message-size"])
+        source.setName(f"source-{i}")
+        source.setServiceParent(top)
 
 
 def apiService(
@@ -281,8 +312,19 @@ def apiService(
     adopted = workerEndpoint(reactor, fdVariable=API_FD_VARIABLE, familyVariable=API_FAMILY_VARIABLE) if adopt else None
     folder = os.environ.get(METRICS_VARIABLE) if adopted is not None else None
     shared = SharedCounters(folder, counters, registry) if folder else None
-    metrics = MetricsResource(counters, registry, shared.others if shared is not None else None)
-    site = makeApiSite(registry, options["api-keys"], counters, options["max-message-size"], metrics, reactor)
+    from wsglue.api.stats import statsOf
+
+    others = shared.others if shared is not None else None
+    metrics = MetricsResource(counters, registry, others)
+    site = makeApiSite(
+        registry,
+        options["api-keys"],
+        counters,
+        options["max-message-size"],
+        metrics,
+        reactor,
+        stats=lambda: statsOf(counters, registry, others),
+    )
     endpoint = adopted if adopted is not None else endpoints.serverFromString(reactor, options["api"])
     service = ApiService(endpoint, options["api"], site, announce=adopted is None, shared=shared, reactor=reactor)
     service.setName("api")

@@ -114,6 +114,7 @@ class ApiResource(Resource):
         idempotency: Any,
         openapi: Callable[[], bytes],
         maxMessageSize: int = 0,
+        stats: Optional[Callable[[], Dict[str, Any]]] = None,
     ) -> None:
         Resource.__init__(self)
         self.keys = [k if isinstance(k, bytes) else k.encode("utf-8") for k in keys]
@@ -122,12 +123,14 @@ class ApiResource(Resource):
         self.idempotency = idempotency
         self.openapi = openapi
         self.maxMessageSize = maxMessageSize
+        self.stats = stats
         self.routes = [
             Route("/api/sessions/{sid}/messages", {b"POST": self.postMessage}),
             Route("/api/broadcast", {b"POST": self.postBroadcast}),
             Route("/api/batch", {b"POST": self.postBatch}),
             Route("/api/sessions", {b"GET": self.getSessions}),
             Route("/api/sessions/{sid}", {b"GET": self.getSession, b"DELETE": self.deleteSession}),
+            Route("/api/stats", {b"GET": self.getStats}),
             Route("/api/openapi.json", {b"GET": self.getOpenAPI}, public=True),
         ]
 
@@ -305,6 +308,13 @@ class ApiResource(Resource):
             raise ApiError(400, f"reason must be at most {MAX_REASON_BYTES} bytes of UTF-8")
         d = self.delivery.close(sid, code, reason)
         return d.addCallback(lambda n: {"closed": n})
+
+    def getStats(self, request: Any) -> Dict[str, Any]:
+        if self.stats is not None:
+            return self.stats()
+        from wsglue.api.stats import statsOf
+
+        return statsOf(self.counters, self.delivery.registry)
 
     def getOpenAPI(self, request: Any) -> bytes:
         return self.openapi()

@@ -5,11 +5,12 @@ C{/metrics} when given, and a JSON 404 for anything else.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from wsglue.api.adminpage import AdminResource
 from wsglue.api.delivery import deliveryFor
 from wsglue.api.http import REQUEST_DEADLINE, ApiChannel, ApiRequest, errorBody
 from wsglue.api.idempotency import MemoryKeys, RedisKeys
@@ -51,12 +52,15 @@ class ApiRoot(Resource):
         self.api = api
         self.metrics = metrics
         self.notFound = NotFound(counters)
+        self.admin = AdminResource(counters)
 
     def getChild(self, name: bytes, request: Any) -> Any:
         if name == b"api":
             return self.api
         if name == b"metrics" and self.metrics is not None and not request.postpath:
             return self.metrics
+        if name == b"admin":
+            return self.admin
         return self.notFound
 
     def render(self, request: Any) -> bytes:
@@ -96,6 +100,7 @@ def makeApiSite(
     maxMessageSize: int = 65536,
     metrics: Optional[IResource] = None,
     reactor: Any = None,
+    stats: Optional[Callable[[], Dict[str, Any]]] = None,
 ) -> ApiSite:
     """
     The API's site for C{registry}: cluster-wide when it is a cluster
@@ -109,7 +114,7 @@ def makeApiSite(
         idempotency: Any = RedisKeys(reg.link, reg.prefix, reactor)
     else:
         idempotency = MemoryKeys(reactor)
-    api = ApiResource(keys, delivery, counters, idempotency, openapiBytes, maxMessageSize)
+    api = ApiResource(keys, delivery, counters, idempotency, openapiBytes, maxMessageSize, stats)
     site = ApiSite(ApiRoot(api, metrics, counters), reactor=reactor)
     site.displayTracebacks = False
     site.maxBodySize = maxMessageSize or UNBOUNDED_BODY
