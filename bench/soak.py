@@ -77,8 +77,7 @@ class Child:
 
     _TAIL = 65536
 
-    def __init__(self, name: str, argv: Sequence[str], env: Dict[str, str],
-                 cwd: str = ROOT) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: Dict[str, str], cwd: str = ROOT) -> None:
         self.name = name
         self.argv = list(argv)
         self.lines: "queue.Queue[str]" = queue.Queue()
@@ -86,8 +85,12 @@ class Child:
         self._tailSize = 0
         self._quiet = False
         self.proc = subprocess.Popen(
-            self.argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            self.argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             # Its own process group, so that a Ctrl-C on the terminal
             # reaches the soak only, which then stops it in order.
             start_new_session=True,
@@ -205,8 +208,12 @@ def knowsOption(python: str, env: Dict[str, str], option: str, tree: str = ROOT)
     """
     try:
         out = subprocess.run(
-            [python, "-c", TWISTD, "wsglue", "--help"], cwd=tree, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [python, "-c", TWISTD, "wsglue", "--help"],
+            cwd=tree,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             timeout=60,
         ).stdout.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
@@ -264,7 +271,7 @@ class _Conn(asyncio.Protocol):
                 self.opened.set_result(False)
                 self.transport.abort()
             return
-        head, rest = self.buf[:end], self.buf[end + 4:]
+        head, rest = self.buf[:end], self.buf[end + 4 :]
         self.buf = b""
         ok = head.startswith(b"HTTP/1.1 101")
         if ok:
@@ -283,13 +290,15 @@ class _Conn(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-async def _open(loop: Any, port: int, stats: Dict[str, int], cookie: Optional[bytes],
-                source: str, timeout: float = 10.0) -> Optional[_Conn]:
+async def _open(
+    loop: Any, port: int, stats: Dict[str, int], cookie: Optional[bytes], source: str, timeout: float = 10.0
+) -> Optional[_Conn]:
     conn: Optional[_Conn] = None
     try:
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _Conn(stats, cookie, port), "127.0.0.1", port,
-                                   local_addr=(source, 0) if source else None),
+            loop.create_connection(
+                lambda: _Conn(stats, cookie, port), "127.0.0.1", port, local_addr=(source, 0) if source else None
+            ),
             timeout,
         )
         if await asyncio.wait_for(conn.opened, timeout):
@@ -302,8 +311,9 @@ async def _open(loop: Any, port: int, stats: Dict[str, int], cookie: Optional[by
     return None
 
 
-async def _steady(loop: Any, port: int, stats: Dict[str, int], source: str,
-                  gate: asyncio.Semaphore, stop: asyncio.Event) -> None:
+async def _steady(
+    loop: Any, port: int, stats: Dict[str, int], source: str, gate: asyncio.Semaphore, stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         async with gate:
             conn = await _open(loop, port, stats, None, source)
@@ -321,8 +331,9 @@ async def _steady(loop: Any, port: int, stats: Dict[str, int], source: str,
         stats["steadyDrops"] += 1
 
 
-async def _churn(loop: Any, port: int, stats: Dict[str, int], source: str, hold: float,
-                 keepCookie: bool, stop: asyncio.Event) -> None:
+async def _churn(
+    loop: Any, port: int, stats: Dict[str, int], source: str, hold: float, keepCookie: bool, stop: asyncio.Event
+) -> None:
     cookie: Optional[bytes] = None
     # Spread the first openings over one hold period.
     await asyncio.sleep(random.uniform(0, max(hold, 0.1)))
@@ -351,17 +362,14 @@ async def _churn(loop: Any, port: int, stats: Dict[str, int], source: str, hold:
             stats["reconnects"] += 1
 
 
-async def clientMain(port: int, steady: int, churn: int, hold: float, keepCookie: bool,
-                     source: str) -> None:
+async def clientMain(port: int, steady: int, churn: int, hold: float, keepCookie: bool, source: str) -> None:
     loop = asyncio.get_running_loop()
-    stats = dict.fromkeys(
-        ("open", "reconnects", "failures", "steadyDrops", "closeTimeouts", "bytes"), 0)
+    stats = dict.fromkeys(("open", "reconnects", "failures", "steadyDrops", "closeTimeouts", "bytes"), 0)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     gate = asyncio.Semaphore(64)
-    tasks = [asyncio.ensure_future(_steady(loop, port, stats, source, gate, stop))
-             for _ in range(steady)]
+    tasks = [asyncio.ensure_future(_steady(loop, port, stats, source, gate, stop)) for _ in range(steady)]
     # The churning connections start once the steady ones are open (or
     # after 120 s at most).
     t0 = time.monotonic()
@@ -371,8 +379,7 @@ async def clientMain(port: int, steady: int, churn: int, hold: float, keepCookie
             await asyncio.wait_for(stop.wait(), 1)
         except asyncio.TimeoutError:
             pass
-    tasks += [asyncio.ensure_future(_churn(loop, port, stats, source, hold, keepCookie, stop))
-              for _ in range(churn)]
+    tasks += [asyncio.ensure_future(_churn(loop, port, stats, source, hold, keepCookie, stop)) for _ in range(churn)]
     while not stop.is_set():
         print(json.dumps(dict(stats, ramp=False)), flush=True)
         try:
@@ -423,16 +430,27 @@ def _mallinfo() -> Dict[str, int]:
             import ctypes
 
             class MallInfo2(ctypes.Structure):
-                _fields_ = [(n, ctypes.c_size_t) for n in (
-                    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                    "uordblks", "fordblks", "keepcost")]
+                _fields_ = [
+                    (n, ctypes.c_size_t)
+                    for n in (
+                        "arena",
+                        "ordblks",
+                        "smblks",
+                        "hblks",
+                        "hblkhd",
+                        "usmblks",
+                        "fsmblks",
+                        "uordblks",
+                        "fordblks",
+                        "keepcost",
+                    )
+                ]
 
             libc = ctypes.CDLL("libc.so.6")
             libc.mallinfo2.restype = MallInfo2
             _MALLINFO.append(libc.mallinfo2)
         m = _MALLINFO[0]()
-        return {"malloc_arena": m.arena, "malloc_mmap": m.hblkhd, "malloc_used": m.uordblks,
-                "malloc_free": m.fordblks}
+        return {"malloc_arena": m.arena, "malloc_mmap": m.hblkhd, "malloc_used": m.uordblks, "malloc_free": m.fordblks}
     except Exception:
         return {}
 
@@ -458,11 +476,13 @@ def _pymallocArenas() -> Dict[str, int]:
             os.close(saved)
         tmp.seek(0)
         for line in tmp.read().decode("ascii", "replace").splitlines():
-            for key, label in (("arenas allocated current", "pymalloc_arenas"),
-                               ("# bytes in allocated blocks", "pymalloc_used"),
-                               ("# bytes in available blocks", "pymalloc_free_in_pools"),
-                               ("unused pools", "pymalloc_unused_pools_bytes"),
-                               ("bytes in arenas", "pymalloc_arena_bytes")):
+            for key, label in (
+                ("arenas allocated current", "pymalloc_arenas"),
+                ("# bytes in allocated blocks", "pymalloc_used"),
+                ("# bytes in available blocks", "pymalloc_free_in_pools"),
+                ("unused pools", "pymalloc_unused_pools_bytes"),
+                ("bytes in arenas", "pymalloc_arena_bytes"),
+            ):
                 if line.strip().startswith(key) or (key == "unused pools" and key in line):
                     try:
                         out[label] = int(line.split("=")[-1].replace(",", "").split()[0])
@@ -565,8 +585,13 @@ class Inspecting:
             snapshot = tracemalloc.take_snapshot()
             with open(os.path.join(self.folder, f"snap-{self.n:04d}.pickle"), "wb") as f:
                 pickle.dump(snapshot, f)
-        sample = {"n": self.n, "t": round(time.monotonic() - self.t0, 1), "sizes": sizes,
-                  "types": counts, "dumpSeconds": round(time.monotonic() - started, 2)}
+        sample = {
+            "n": self.n,
+            "t": round(time.monotonic() - self.t0, 1),
+            "sizes": sizes,
+            "types": counts,
+            "dumpSeconds": round(time.monotonic() - started, 2),
+        }
         with open(os.path.join(self.folder, f"inspect-{self.n:04d}.json"), "w") as f:
             json.dump(sample, f)
 
@@ -575,6 +600,7 @@ def compareInspections(folder: str, first: int, last: int, top: int = 25) -> str
     """
     What grew between inspection C{first} and C{last} of C{folder}.
     """
+
     def load(n: int) -> Dict[str, Any]:
         with open(os.path.join(folder, f"inspect-{n:04d}.json")) as f:
             return json.load(f)
@@ -586,8 +612,9 @@ def compareInspections(folder: str, first: int, last: int, top: int = 25) -> str
         x, y = a["sizes"].get(key, 0), b["sizes"].get(key, 0)
         if x != y:
             lines.append(f"    {key:50s} {x:>14,} -> {y:>14,} ({y - x:+,})")
-    growth = sorted(((b["types"].get(k, 0) - a["types"].get(k, 0), k)
-                     for k in set(a["types"]) | set(b["types"])), reverse=True)
+    growth = sorted(
+        ((b["types"].get(k, 0) - a["types"].get(k, 0), k) for k in set(a["types"]) | set(b["types"])), reverse=True
+    )
     lines.append("  live objects (gc-tracked) by type, largest growth:")
     for d, k in growth[:top]:
         if d <= 0:
@@ -596,7 +623,6 @@ def compareInspections(folder: str, first: int, last: int, top: int = 25) -> str
     snapA = os.path.join(folder, f"snap-{first:04d}.pickle")
     snapB = os.path.join(folder, f"snap-{last:04d}.pickle")
     if os.path.exists(snapA) and os.path.exists(snapB):
-
         with open(snapA, "rb") as f:
             sa = pickle.load(f)
         with open(snapB, "rb") as f:
@@ -606,8 +632,10 @@ def compareInspections(folder: str, first: int, last: int, top: int = 25) -> str
             for stat in sb.compare_to(sa, kind)[: top if kind == "lineno" else 8]:
                 if stat.size_diff <= 0:
                     continue
-                lines.append(f"    {stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8,} blocks  "
-                             f"{stat.traceback[0] if kind == 'lineno' else ''}")
+                lines.append(
+                    f"    {stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8,} blocks  "
+                    f"{stat.traceback[0] if kind == 'lineno' else ''}"
+                )
                 if kind == "traceback":
                     for frame in stat.traceback.format(most_recent_first=True)[:24]:
                         lines.append(f"        {frame}")
@@ -633,40 +661,69 @@ def slope(points: Sequence[Tuple[float, float]]) -> float:
 
 
 def parseArgs(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--minutes", type=float, default=30.0, help="length of the run (default 30)")
-    p.add_argument("--connections", type=int, default=2000,
-                   help="WebSocket connections held, churning ones included (default 2000)")
-    p.add_argument("--churn", type=int, default=200,
-                   help="of those, how many reconnect continuously (default 200)")
-    p.add_argument("--hold", type=float, default=1.0,
-                   help="seconds a churning connection stays open, on average (default 1.0)")
-    p.add_argument("--keep-cookie", action="store_true",
-                   help="churning clients send back their session cookie (default: every "
-                        "reconnect is a new session)")
-    p.add_argument("--broadcast-interval", type=float, default=0.1,
-                   help="wsglue's --broadcast-interval (default 0.1)")
-    p.add_argument("--no-levers", action="store_true",
-                   help="pass --no-levers to wsglue (or WSGLUE_NO_LEVERS=1 if it lacks the option)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=2000,
+        help="WebSocket connections held, churning ones included (default 2000)",
+    )
+    p.add_argument("--churn", type=int, default=200, help="of those, how many reconnect continuously (default 200)")
+    p.add_argument(
+        "--hold", type=float, default=1.0, help="seconds a churning connection stays open, on average (default 1.0)"
+    )
+    p.add_argument(
+        "--keep-cookie",
+        action="store_true",
+        help="churning clients send back their session cookie (default: every reconnect is a new session)",
+    )
+    p.add_argument("--broadcast-interval", type=float, default=0.1, help="wsglue's --broadcast-interval (default 0.1)")
+    p.add_argument(
+        "--no-levers",
+        action="store_true",
+        help="pass --no-levers to wsglue (or WSGLUE_NO_LEVERS=1 if it lacks the option)",
+    )
     p.add_argument("--sample", type=float, default=10.0, help="seconds between rows (default 10)")
-    p.add_argument("--source", default="127.0.0.2",
-                   help="the clients' source address, in 127.0.0.0/8 (default 127.0.0.2)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="set in the daemon's environment (repeatable)")
-    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                   help="one more argument for twistd wsglue (repeatable)")
+    p.add_argument(
+        "--source", default="127.0.0.2", help="the clients' source address, in 127.0.0.0/8 (default 127.0.0.2)"
+    )
+    p.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set in the daemon's environment (repeatable)"
+    )
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for twistd wsglue (repeatable)",
+    )
     p.add_argument("--python", default=sys.executable, help="the Python that runs twistd")
-    p.add_argument("--tree", default=ROOT, metavar="DIR",
-                   help="run the daemon from this checkout of wsglue (e.g. a copy with a fix; "
-                        "default: this one)")
-    p.add_argument("--inspect", metavar="DIR",
-                   help="write what the daemon holds to DIR every --sample seconds (see above)")
-    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
-                   help="with --inspect: trace allocations with this many frames")
-    p.add_argument("--gc-thresholds", metavar="A,B,C",
-                   help="the daemon's gc.set_threshold once it runs, overriding wsglue's "
-                        "(uses the handler bench.soak:Inspecting)")
+    p.add_argument(
+        "--tree",
+        default=ROOT,
+        metavar="DIR",
+        help="run the daemon from this checkout of wsglue (e.g. a copy with a fix; default: this one)",
+    )
+    p.add_argument(
+        "--inspect", metavar="DIR", help="write what the daemon holds to DIR every --sample seconds (see above)"
+    )
+    p.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --inspect: trace allocations with this many frames",
+    )
+    p.add_argument(
+        "--gc-thresholds",
+        metavar="A,B,C",
+        help="the daemon's gc.set_threshold once it runs, overriding wsglue's (uses the handler bench.soak:Inspecting)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the rows and verdict as JSON")
     p.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
     config = p.parse_args(argv)
@@ -695,22 +752,37 @@ def run(config: argparse.Namespace) -> int:
     # The tree first (python -c puts the working folder first too), then
     # this checkout for bench.soak:Inspecting.
     env["PYTHONPATH"] = os.pathsep.join(
-        dict.fromkeys([tree, ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        dict.fromkeys([tree, ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    )
     extraEnv: Dict[str, str] = {}
     for item in config.env:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise SoakError(f"--env {item!r}: use NAME=VALUE")
         extraEnv[name] = value
-    argv = [config.python, "-c", TWISTD, "--pidfile=", "-n", "wsglue",
-            "--port", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-            "--broadcast-interval", str(config.broadcast_interval), "--ping-interval", "0"]
+    argv = [
+        config.python,
+        "-c",
+        TWISTD,
+        "--pidfile=",
+        "-n",
+        "wsglue",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+        "--broadcast-interval",
+        str(config.broadcast_interval),
+        "--ping-interval",
+        "0",
+    ]
     if config.no_levers:
         if knowsOption(config.python, env, "--no-levers", tree):
             argv.append("--no-levers")
         else:
             extraEnv["WSGLUE_NO_LEVERS"] = "1"
     if config.inspect or config.gc_thresholds:
+        if not os.path.exists(os.path.join(tree, "bench", "soak.py")):
+            # The daemon imports bench from the tree it runs from.
+            raise SoakError(f"--inspect and --gc-thresholds need bench/soak.py in {tree}")
         argv += ["--handler", "bench.soak:Inspecting"]
     if config.gc_thresholds:
         extraEnv["SOAK_GC_THRESHOLDS"] = config.gc_thresholds
@@ -722,17 +794,24 @@ def run(config: argparse.Namespace) -> int:
             extraEnv["PYTHONTRACEMALLOC"] = str(config.tracemalloc)
     argv += config.server_arg
     env.update(extraEnv)
-    shown = " ".join(f"{k}={v}" for k, v in extraEnv.items()
-                     if not k.startswith("SOAK_INSPECT"))
-    print(f"server: {shown + ' ' if shown else ''}twistd {' '.join(argv[3:])}"
-          f"{'' if tree == ROOT else ' (from ' + tree + ')'}", flush=True)
-    print(f"load: {config.connections} connections from {config.source}, {config.churn} of them "
-          f"reconnecting (held ~{config.hold} s each, "
-          f"{'same session' if config.keep_cookie else 'a new session each time'}); "
-          f"{config.minutes} minutes, a row every {config.sample} s", flush=True)
+    shown = " ".join(f"{k}={v}" for k, v in extraEnv.items() if not k.startswith("SOAK_INSPECT"))
+    print(
+        f"server: {shown + ' ' if shown else ''}twistd {' '.join(argv[3:])}"
+        f"{'' if tree == ROOT else ' (from ' + tree + ')'}",
+        flush=True,
+    )
+    print(
+        f"load: {config.connections} connections from {config.source}, {config.churn} of them "
+        f"reconnecting (held ~{config.hold} s each, "
+        f"{'same session' if config.keep_cookie else 'a new session each time'}); "
+        f"{config.minutes} minutes, a row every {config.sample} s",
+        flush=True,
+    )
 
     children: List[Child] = []
     rows: List[Dict[str, Any]] = []
+    # The client's last report.
+    latest: Dict[str, Any] = {}
     try:
         server = Child("wsglue", argv, env, cwd=tree)
         children.append(server)
@@ -740,12 +819,23 @@ def run(config: argparse.Namespace) -> int:
         server.quiet()
         clientEnv = dict(os.environ)
         clientEnv["PYTHONPATH"] = ROOT + os.pathsep + clientEnv.get("PYTHONPATH", "")
-        client = Child("client", [sys.executable, "-m", "bench.soak", "--client", str(port),
-                                  str(config.connections - config.churn), str(config.churn),
-                                  str(config.hold), "1" if config.keep_cookie else "0",
-                                  config.source], clientEnv)
+        client = Child(
+            "client",
+            [
+                sys.executable,
+                "-m",
+                "bench.soak",
+                "--client",
+                str(port),
+                str(config.connections - config.churn),
+                str(config.churn),
+                str(config.hold),
+                "1" if config.keep_cookie else "0",
+                config.source,
+            ],
+            clientEnv,
+        )
         children.append(client)
-        latest: Dict[str, Any] = {}
 
         def follow() -> None:
             while True:
@@ -759,8 +849,11 @@ def run(config: argparse.Namespace) -> int:
                         pass
 
         threading.Thread(target=follow, daemon=True).start()
-        print(f"\n{'min':>6} {'RSS MB':>8} {'files':>6} {'open':>6} {'reconnects':>10} "
-              f"{'failed':>6} {'srv CPU%':>8} {'cli CPU%':>8}", flush=True)
+        print(
+            f"\n{'min':>6} {'RSS MB':>8} {'files':>6} {'open':>6} {'reconnects':>10} "
+            f"{'failed':>6} {'srv CPU%':>8} {'cli CPU%':>8}",
+            flush=True,
+        )
         t0 = time.monotonic()
         end = t0 + config.minutes * 60
         lastCpu: Dict[int, Tuple[float, float]] = {}
@@ -778,14 +871,24 @@ def run(config: argparse.Namespace) -> int:
                     before = lastCpu.get(pid)
                     pct.append(100 * (c - before[1]) / (now - before[0]) if before else 0.0)
                     lastCpu[pid] = (now, c)
-                row = {"minute": round((now - t0) / 60, 3), "rssMB": round(rss, 1), "files": files,
-                       "open": latest.get("open", 0), "reconnects": latest.get("reconnects", 0),
-                       "failures": latest.get("failures", 0), "ramp": bool(latest.get("ramp", True)),
-                       "serverCpuPct": round(pct[0], 1), "clientCpuPct": round(pct[1], 1)}
+                row = {
+                    "minute": round((now - t0) / 60, 3),
+                    "rssMB": round(rss, 1),
+                    "files": files,
+                    "open": latest.get("open", 0),
+                    "reconnects": latest.get("reconnects", 0),
+                    "failures": latest.get("failures", 0),
+                    "ramp": bool(latest.get("ramp", True)),
+                    "serverCpuPct": round(pct[0], 1),
+                    "clientCpuPct": round(pct[1], 1),
+                }
                 rows.append(row)
-                print(f"{row['minute']:6.2f} {rss:8.1f} {files:6d} {row['open']:6d} "
-                      f"{row['reconnects']:10,d} {row['failures']:6d} {pct[0]:8.1f} {pct[1]:8.1f}"
-                      f"{'  (ramp)' if row['ramp'] else ''}", flush=True)
+                print(
+                    f"{row['minute']:6.2f} {rss:8.1f} {files:6d} {row['open']:6d} "
+                    f"{row['reconnects']:10,d} {row['failures']:6d} {pct[0]:8.1f} {pct[1]:8.1f}"
+                    f"{'  (ramp)' if row['ramp'] else ''}",
+                    flush=True,
+                )
                 nextSample += config.sample
                 if now >= end:
                     break
@@ -795,12 +898,19 @@ def run(config: argparse.Namespace) -> int:
         for child in reversed(children):
             child.stop()
 
+    print(
+        f"\nclient: {latest.get('reconnects', 0):,} reconnects, {latest.get('failures', 0):,} failed"
+        f" openings, {latest.get('steadyDrops', 0):,} steady connections dropped by the server,"
+        f" {latest.get('closeTimeouts', 0):,} closes unanswered within 5 s",
+        flush=True,
+    )
     verdict = judge(rows)
-    print("\n" + verdict["text"], flush=True)
+    print(verdict["text"], flush=True)
     if config.inspect:
         after = [r for r in rows if not r["ramp"]]
-        samples = sorted(int(n[8:12]) for n in os.listdir(config.inspect)
-                         if n.startswith("inspect-") and n.endswith(".json"))
+        samples = sorted(
+            int(n[8:12]) for n in os.listdir(config.inspect) if n.startswith("inspect-") and n.endswith(".json")
+        )
         if len(samples) >= 2:
             # The first sample taken once the ramp was over.
             firstAfter = len(rows) - len(after)
@@ -808,27 +918,39 @@ def run(config: argparse.Namespace) -> int:
             print("\n" + compareInspections(config.inspect, first, samples[-1]), flush=True)
     if config.json:
         with open(config.json, "w") as f:
-            json.dump({"argv": argv[3:], "env": extraEnv, "config": vars(config), "rows": rows,
-                       "verdict": {k: v for k, v in verdict.items() if k != "text"}}, f, indent=1)
+            json.dump(
+                {
+                    "argv": argv[3:],
+                    "env": extraEnv,
+                    "config": vars(config),
+                    "rows": rows,
+                    "verdict": {k: v for k, v in verdict.items() if k != "text"},
+                },
+                f,
+                indent=1,
+            )
     return 0
+
+
+# The last half's RSS slope (MB/min) under which the run levelled off.
+LEVEL = 0.1
 
 
 def judge(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """
     The slope of RSS over the last half of the run (after the ramp), in
     MB/min and MB per 1,000 reconnects, and whether it levelled off: a
-    last-half slope under 0.1 MB/min (3 MB over 30 minutes) and under a
-    fifth of the first half's.
+    last-half slope under 0.1 MB/min (3 MB over 30 minutes).
     """
     steady = [r for r in rows if not r["ramp"]]
     if len(steady) < 4:
         return {"text": "verdict: too short to judge (fewer than 4 rows after the ramp)"}
-    half = steady[len(steady) // 2:]
+    half = steady[len(steady) // 2 :]
     first = steady[: len(steady) // 2 + 1]
     lastSlope = slope([(r["minute"], r["rssMB"]) for r in half])
     firstSlope = slope([(r["minute"], r["rssMB"]) for r in first])
     perK = slope([(r["reconnects"] / 1000, r["rssMB"]) for r in half])
-    levelled = lastSlope < 0.1 and (firstSlope <= 0 or lastSlope < firstSlope / 5)
+    levelled = lastSlope < LEVEL
     minutes = half[-1]["minute"] - half[0]["minute"]
     text = (
         f"verdict: RSS {steady[0]['rssMB']:.1f} -> {steady[-1]['rssMB']:.1f} MB after the ramp "
@@ -836,9 +958,15 @@ def judge(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         f"first half {firstSlope:+.3f} MB/min, last half ({minutes:.1f} min) "
         f"{lastSlope:+.3f} MB/min = {perK:+.4f} MB per 1,000 reconnects; "
         + ("levelled off" if levelled else "did NOT level off")
+        + f" (levelled: under {LEVEL} MB/min)"
     )
-    return {"text": text, "firstHalfMBPerMin": firstSlope, "lastHalfMBPerMin": lastSlope,
-            "lastHalfMBPer1000Reconnects": perK, "levelledOff": levelled}
+    return {
+        "text": text,
+        "firstHalfMBPerMin": firstSlope,
+        "lastHalfMBPerMin": lastSlope,
+        "lastHalfMBPer1000Reconnects": perK,
+        "levelledOff": levelled,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -851,7 +979,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a soak started in the background of a script inherits
+    # it ignored, and would not stop on it otherwise.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         return run(config)
     except KeyboardInterrupt:
