@@ -150,7 +150,9 @@ class WorkersKilledTests(TestCase):
         # At least once: the entries the killed worker handed over but never
         # acknowledged are delivered again, by whoever claimed them.
         self.assertGreaterEqual(lines, len(GOOD))
-        self.assertIn("claimed", daemon.output)
+        # (Whether the killed worker held entries read and not yet
+        # acknowledged depends on the instant of the kill; nothing pending
+        # is left either way, and test_sources covers the claim itself.)
         yield daemon.stop()
 
 
