@@ -53,6 +53,9 @@ PER_PROCESS = 19000
 # API only, so that the table shows what the speed levers buy.
 SERVERS = ("wsglue", "wsglue-plain", "wsglue-cluster", "wsglue-cluster-plain", "websockets", "node")
 PLAIN = "-plain"
+# "-nohistory" runs the same with --history-size 0: continuity off, so that
+# a run shows what keeping the streams costs.
+NOHISTORY = "-nohistory"
 CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
 
@@ -63,8 +66,9 @@ def kind(name: str) -> str:
     (from C{--wsglue-python LABEL=PATH}) are C{wsglue} and C{wsglue-cluster}
     under another Python.
     """
-    if name.endswith(PLAIN):
-        name = name[: -len(PLAIN)]
+    for suffix in (PLAIN, NOHISTORY):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
     if name in SERVERS:
         return name
     return CLUSTER if name.startswith(CLUSTER + "-") else "wsglue"
@@ -404,6 +408,8 @@ class Server:
                 "--ping-interval",
                 "0",
             ]
+            if name.endswith(NOHISTORY):
+                argv += ["--history-size", "0"]
             if kind(name) == CLUSTER:
                 redisPort = freePort()
                 redis = Child(
@@ -918,6 +924,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--wsglue-tree: expected LABEL=PATH of a wsglue checkout, not {spec!r}")
         config.trees.update({f"wsglue-{label}": os.path.abspath(path), f"{CLUSTER}-{label}": os.path.abspath(path)})
     known = list(SERVERS) + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
+    known += ["wsglue" + NOHISTORY, CLUSTER + NOHISTORY]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
         if s not in known:
