@@ -62,7 +62,7 @@ def main(base: str, key: str, sid: str, screenshot: str = "") -> Dict[str, Any]:
                 " connections: document.querySelector('#connections').textContent})"
             )
             if screenshot:
-                page.screenshot(path=screenshot, full_page=True)
+                page.screenshot(path=screenshot, full_page=True, caret="initial")
                 steps.append("took a screenshot")
             page.click(f"{row} button.disconnect")
             page.wait_for_selector(row, state="detached")
