@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsglue.process.service import CannotListen
+from wsglue.process.service import CannotListen, describeAddress
 
 _log = Logger()
 
@@ -91,16 +91,4 @@ def describeHTTP(port: Any, description: str) -> str:
     """
     The URL the API answers at: C{http://127.0.0.1:9997}.
     """
-    address = port.getHost()
-    host = getattr(address, "host", None)
-    if host is None:
-        name = getattr(address, "name", address)
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "replace")
-        return f"http+unix://{name}"
-    if host == "":
-        host = "0.0.0.0"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if description.startswith(("ssl:", "tls:")) else "http"
-    return f"{scheme}://{host}:{address.port}"
+    return describeAddress(port, description.startswith(("ssl:", "tls:")), "http")

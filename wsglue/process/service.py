@@ -34,12 +34,13 @@ class CannotListen(SystemExit, Exception):
     """
 
 
-def describeAddress(port: IListeningPort, secure: bool) -> str:
+def describeAddress(port: IListeningPort, secure: bool, scheme: str = "ws") -> str:
     """
     The C{ws://} URL (or unix socket path) that a listening port serves,
     naming the address it is bound to: C{ws://0.0.0.0:9998} for every IPv4
     interface, C{ws://[::]:9998} for every IPv6 one, C{ws://127.0.0.1:9998}
-    for one interface.
+    for one interface.  C{scheme} names the protocol (C{"http"} for the
+    API's port); over TLS it gets an C{s}.
     """
     address = port.getHost()
     host = getattr(address, "host", None)
@@ -47,13 +48,12 @@ def describeAddress(port: IListeningPort, secure: bool) -> str:
         name = getattr(address, "name", address)
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return f"ws+unix://{name}"
+        return f"{scheme}+unix://{name}"
     if host == "":
         host = "0.0.0.0"
     if ":" in host:
         host = f"[{host}]"
-    scheme = "wss" if secure else "ws"
-    return f"{scheme}://{host}:{address.port}"
+    return f"{scheme}{'s' if secure else ''}://{host}:{address.port}"
 
 
 def stopCleanlyOnSignals(
