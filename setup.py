@@ -73,6 +73,8 @@ setup(
             # pyproject.toml): their rules change between minor releases.
             "ruff>=0.17.6,<0.18",
             "mypy>=2.4.1,<2.5",
+            # mypy's plugin for zope.interface (Twisted's interfaces as types).
+            "mypy-zope>=1.0.17,<1.1",
         ],
     },
 )

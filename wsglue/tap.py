@@ -205,10 +205,11 @@ def makeService(options: Dict[str, Any], reactor: Any = None, bindNow: Optional[
 
     top = MultiService()
     if options.get("redis-url") is not None:
-        from wsglue.cluster.registry import RedisService
+        from wsglue.cluster.registry import ClusterRegistry, RedisService
 
         # Before the listener: services stop in reverse order, so Redis is
         # left only after every connection has closed.
+        assert isinstance(registry, ClusterRegistry), "--redis builds a ClusterRegistry"
         RedisService(registry).setServiceParent(top)
     RegistryService(registry).setServiceParent(top)
     if adopted is not None:

@@ -7,7 +7,7 @@ L{TxRedisLink}, the real one on txredisapi.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -27,7 +27,7 @@ class RedisUnavailable(Exception):
 # -- what the registry needs of Redis ----------------------------------------
 
 
-class IRedisLink:
+class IRedisLink(Protocol):
     """
     The registry's view of Redis: one connection for commands, one for
     subscriptions.  L{TxRedisLink} is the real one; unit tests use a fake.
@@ -100,8 +100,9 @@ class TxRedisLink:
 
     def _endpoint(self) -> Any:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.interfaces import IStreamClientEndpoint
 
-        endpoint = HostnameEndpoint(self.reactor, self.url.host, self.url.port, timeout=5)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, self.url.host, self.url.port, timeout=5)
         if self.url.tls:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -317,6 +318,7 @@ def _SubscriberFactory(link: TxRedisLink, url: RedisURL) -> Any:
             return txredisapi.SubscriberProtocol.connectionLost(self, why)
 
         def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            assert link.registry is not None, "subscribed before start()"
             link.registry.received(channel, message)
 
     class SubscriberFactory(txredisapi.RedisFactory):

@@ -135,6 +135,7 @@ class HandOverChannel(DeadlineChannel):
             return
         self._head = None
         if kind:
+            assert self.transport is not None, "data on a connection without a transport"
             protocol = self.site.websocketFactory.buildProtocol(self.transport.getPeer())
             if protocol is not None:
                 self._handOver(protocol, head)
@@ -143,7 +144,8 @@ class HandOverChannel(DeadlineChannel):
 
     def _handOver(self, protocol: Any, data: bytes) -> None:
         self._disarm()
-        transport, self.transport = self.transport, None
+        transport: Any = self.transport  # a TCP transport: a producer too
+        self.transport = None
         self.setTimeout(None)
         transport.unregisterProducer()
         takeOver(transport, protocol)

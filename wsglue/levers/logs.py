@@ -107,7 +107,7 @@ def _plainFormat(format: str, depth: int = 2) -> bool:
                 continue
             if not name.isidentifier():
                 return False
-            if "{" in spec and (depth == 0 or not _plainFormat(spec, depth - 1)):
+            if spec and "{" in spec and (depth == 0 or not _plainFormat(spec, depth - 1)):
                 return False
     except ValueError:
         return False
@@ -189,7 +189,7 @@ class TurnFileLogObserver:
         self._encoding = None if ioType(outFile) is str else "utf-8"
         self.formatEvent = formatEvent
         self._reactor = reactor
-        self._held: List[str] = []
+        self._held: List[Dict[str, Any]] = []
         self._flushing: Any = None
         if reactor is not None:
             reactor.addSystemEventTrigger("after", "shutdown", self.flush)
@@ -289,9 +289,10 @@ def twistdLogObserver() -> TurnFileLogObserver:
         out = LogFile.fromFullPath(logfile or "twistd.log")
         # As twistd: SIGUSR1 rotates the file, unless a handler is set.
         if not signal.getsignal(signal.SIGUSR1):
+            threads: Any = reactor  # it provides IReactorThreads
 
             def rotate(signum: int, frame: Any) -> None:
-                reactor.callFromThread(out.rotate)
+                threads.callFromThread(out.rotate)
 
             signal.signal(signal.SIGUSR1, rotate)
     return TurnFileLogObserver(out, classicFormat(), reactor)

@@ -42,7 +42,7 @@ def describeAddress(port: IListeningPort, secure: bool, scheme: str = "ws") -> s
     for one interface.  C{scheme} names the protocol (C{"http"} for the
     API's port); over TLS it gets an C{s}.
     """
-    address = port.getHost()
+    address: Any = port.getHost()  # an IPv4Address, IPv6Address or UNIXAddress
     host = getattr(address, "host", None)
     if host is None:
         name = getattr(address, "name", address)
@@ -184,6 +184,7 @@ class WebSocketService(Service):
     def startService(self) -> None:
         if self.port is None:
             self.bind()
+        assert self.port is not None, "bind() sets it or raises"
         Service.startService(self)
         secure = self.description.startswith(("ssl:", "tls:"))
         if self.announce:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import FileLogObserver, Logger, LogLevel, eventAsText
 from twisted.logger import formatEvent as _formatEvent
 from twisted.python.failure import Failure
@@ -133,7 +133,8 @@ def watchParent(reactor: Any) -> None:
 
     # Our stdout stays with the log observer; StandardIO only reads stdin.
     sink = os.open(os.devnull, os.O_WRONLY)
-    stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=sink, reactor=reactor)
+    standardIO: Any = stdio.StandardIO  # the POSIX one (the stubs name Windows')
+    standardIO(_ParentWatch(reactor), stdin=0, stdout=sink, reactor=reactor)
 
 
 def workerLogObserver() -> Any:
@@ -160,6 +161,7 @@ def workerLines(
     The lines a worker writes for C{event}: each line of its text, after
     the name of its level (C{info session opened: 3f2a9c1e}).
     """
+    text: Optional[str]
     if "log_failure" in event:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
     else:
@@ -180,7 +182,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self._buffer = b""
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        transport: Any = self.transport  # a process transport: its pid
+        self.pid = transport.pid
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self._buffer += data
@@ -227,7 +230,9 @@ class WorkerPool(Service):
     @ivar workers: the running workers' protocols, by index.
     """
 
-    port: Optional[IListeningPort] = None
+    # A twisted.internet.tcp.Port (the parent stops its reading, the workers
+    # inherit its fileno()), not just an IListeningPort.
+    port: Any = None
     _signalsHandled = False
     stopTimeout = 10.0
     maxRestartDelay = 30.0
@@ -423,7 +428,8 @@ class WorkerPool(Service):
 
 def _signal(proto: _WorkerProtocol, name: str) -> None:
     try:
-        proto.transport.signalProcess(name)
+        transport: Any = proto.transport
+        transport.signalProcess(name)
     except Exception:
         pass  # already gone
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -66,6 +68,8 @@ class DeadlineChannel(HTTPChannel):
     """
 
     _deadline: Any = None
+    # Set by the Site that builds the channel (not declared by HTTPChannel).
+    site: Any
     # For a connection handed over by the WebSocket protocol that was its
     # first (see wsglue.levers.front): the seconds left of its deadline.
     firstDeadline: Optional[float] = None
@@ -84,7 +88,7 @@ class DeadlineChannel(HTTPChannel):
         if self.persistent and self.transport is not None and not self.requests:
             self._arm()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         HTTPChannel.connectionLost(self, reason)
 
@@ -105,10 +109,11 @@ class DeadlineChannel(HTTPChannel):
         limits = getattr(self.site, "limits", None)
         if limits is not None:
             limits.bite("dropped_handshake_timeout")
-        if self.transport is not None:
+        transport: Any = self.transport  # a TCP or TLS transport: abortConnection
+        if transport is not None:
             # abortConnection: a peer that does not read must not keep the
             # socket (and what we buffered for it) alive any longer.
-            self.transport.abortConnection()
+            transport.abortConnection()
 
 
 class WebSocketUpgrade(WebSocketResource):

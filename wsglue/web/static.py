@@ -23,7 +23,8 @@ class StaticFolder(File):
     lists a directory.
     """
 
-    childNotFound = _NOT_FOUND
+    # File declares its own _UnsafeNoResource here; any IResource serves.
+    childNotFound = _NOT_FOUND  # type: ignore[assignment]
 
     def __init__(self, path: str, *args: Any, root: str = "", **kwargs: Any) -> None:
         File.__init__(self, path, *args, **kwargs)
