@@ -176,7 +176,9 @@ def runScenario(system: System, scenario: str, config: argparse.Namespace) -> Di
         raise BenchError(f"{system.name} scenario {scenario}: client.js ran over {config.scenario_timeout}s")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise BenchError(f"{system.name} scenario {scenario}: no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        raise BenchError(
+            f"{system.name} scenario {scenario}: no result (exit {done.returncode}):\n{done.stderr[-2000:]}"
+        )
     answer = json.loads(lines[-1])
     if "error" in answer:
         raise BenchError(f"{system.name} scenario {scenario}: {answer['error']}")
@@ -284,7 +286,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     config = parser.parse_args(argv)
     if config.smoke:
         config.clients, config.reconnecting_clients, config.reconnects = 3, 2, 4
-        config.concurrency, config.count, config.tail, config.scenario_timeout = 3, 40, 1000, 40
+        config.concurrency, config.count, config.tail, config.scenario_timeout = 3, 40, 2000, 50
     config.systems = [s for s in config.systems.split(",") if s]
     for s in config.systems:
         if s not in SYSTEMS:
