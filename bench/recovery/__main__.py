@@ -21,7 +21,9 @@ and a numbered broadcast:
 - C{a}: a drop (TCP cut, no close frame) during the stream, a reconnect;
 - C{b}: many drops and reconnects in a row, quickly, during the stream;
 - C{c}: a drop before any message was received, a reconnect;
-- C{d}: a drop, and a reconnect to the other process (n/a in memory).
+- C{d}: a drop, and a reconnect to the other process (n/a in memory);
+- C{e}: a long drop (2.5 s: 250 messages of the stream, more than wsglue's
+  default C{--history-size 100}), a reconnect.
 
 The table: messages lost and duplicated (counted by content), how many
 reconnects were recovered, and the resume time (from the new connection's
@@ -39,8 +41,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from bench.__main__ import ROOT, TWISTD, BenchError, Child, freePort
 
@@ -51,6 +54,7 @@ SCENARIOS = {
     "b": "repeated drops and reconnects",
     "c": "drop before any message, reconnect",
     "d": "reconnect to the other process",
+    "e": "a long drop (--long-pause), then reconnect",
 }
 NPM_PACKAGES = ("socket.io", "socket.io-client", "@socket.io/redis-streams-adapter", "redis", "ws")
 
@@ -89,8 +93,9 @@ class System:
     Redis) and the URLs of its first and second server.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, extra: Sequence[str] = ()) -> None:
         self.name = name
+        self.extra = list(extra)
         self.children: List[Child] = []
         self.commands: List[List[str]] = []
         self.urls: List[str] = []
@@ -130,6 +135,7 @@ class System:
                 ]
                 if redis is not None:
                     argv += ["--redis", redis.url]
+                argv += self.extra
                 child = Child(f"{self.name}:{port}", argv, env=env)
                 self.commands.append(["twistd", *argv[3:]])
                 self.urls.append(f"ws://127.0.0.1:{port}/")
@@ -154,31 +160,48 @@ class System:
             child.stop()
 
 
+# The client.js processes running now (stopped by PID if the bench is interrupted).
+_clients: Set["subprocess.Popen[str]"] = set()
+
+
 def runScenario(system: System, scenario: str, config: argparse.Namespace) -> Dict[str, Any]:
+    count = config.count
+    if scenario == "b":
+        count *= 2  # room for the reconnects in a row
+    elif scenario == "e":
+        count += int(config.rate * config.long_pause / 1000)  # the stream flows all through the drop
     clientConfig = {
         "system": "wsglue" if system.name.startswith("wsglue") else "socketio",
         "urls": system.urls if len(system.urls) == 2 else system.urls * 2,
         "scenario": scenario,
-        "clients": config.reconnecting_clients if scenario == "b" else config.clients,
+        "clients": config.reconnecting_clients if scenario in "be" else config.clients,
         "concurrency": config.concurrency,
-        "count": config.count * 2 if scenario == "b" else config.count,
+        "count": count,
         "rate": config.rate,
         "reconnects": config.reconnects,
         "pauseMs": config.pause,
+        "longPauseMs": config.long_pause,
         # Scenario c is about a client that has received nothing at all.
         "broadcastRate": 0 if scenario == "c" else config.broadcast_rate,
         "tailMs": config.tail,
     }
     argv = ["node", os.path.join(PEER, "client.js"), json.dumps(clientConfig)]
+    proc = subprocess.Popen(
+        argv, cwd=PEER, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _clients.add(proc)
     try:
-        done = subprocess.run(argv, cwd=PEER, capture_output=True, text=True, timeout=config.scenario_timeout)
+        stdout, stderr = proc.communicate(timeout=config.scenario_timeout)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{system.name} scenario {scenario}: client.js ran over {config.scenario_timeout}s")
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        _clients.discard(proc)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise BenchError(
-            f"{system.name} scenario {scenario}: no result (exit {done.returncode}):\n{done.stderr[-2000:]}"
-        )
+        raise BenchError(f"{system.name} scenario {scenario}: no result (exit {proc.returncode}):\n{stderr[-2000:]}")
     answer = json.loads(lines[-1])
     if "error" in answer:
         raise BenchError(f"{system.name} scenario {scenario}: {answer['error']}")
@@ -236,7 +259,7 @@ def formatTable(results: Dict[str, Dict[str, Optional[Dict[str, Any]]]]) -> str:
         "resume p99 ms",
         "errors",
     )
-    rows = [header]
+    rows: List[Tuple[str, ...]] = [header]
     for name, scenarios in results.items():
         for scenario, r in scenarios.items():
             if r is None:
@@ -271,22 +294,28 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of " + ", ".join(SYSTEMS))
-    parser.add_argument("--scenarios", default="abcd", help="letters of a, b, c, d")
+    parser.add_argument("--scenarios", default="abcde", help="letters of a, b, c, d, e")
     parser.add_argument("--clients", type=int, default=100, help="clients in scenarios a, c, d")
-    parser.add_argument("--reconnecting-clients", type=int, default=20, help="clients in scenario b")
+    parser.add_argument("--reconnecting-clients", type=int, default=20, help="clients in scenarios b and e")
     parser.add_argument("--reconnects", type=int, default=20, help="drops and reconnects of each client in b")
     parser.add_argument("--concurrency", type=int, default=20, help="clients running at once")
     parser.add_argument("--count", type=int, default=150, help="messages of each session stream (b: twice)")
     parser.add_argument("--rate", type=float, default=100, help="session stream messages a second")
     parser.add_argument("--broadcast-rate", type=float, default=20, help="broadcast messages a second (not in c)")
     parser.add_argument("--pause", type=int, default=200, help="ms between a drop and the reconnect (a, c, d)")
+    parser.add_argument("--long-pause", type=int, default=2500, help="ms between a drop and the reconnect in e")
+    parser.add_argument(
+        "--wsglue-args", default="", help="more wsglue options, e.g. '--history-size 1000' (split on spaces)"
+    )
     parser.add_argument("--tail", type=int, default=3000, help="ms to wait for the stream's end after its last")
     parser.add_argument("--scenario-timeout", type=float, default=300, help="seconds for one scenario, at most")
+    parser.add_argument("--parallel", action="store_true", help="run the systems at once (--smoke does)")
     parser.add_argument("--output", default=os.path.join(ROOT, "bench", "results"))
     config = parser.parse_args(argv)
     if config.smoke:
         config.clients, config.reconnecting_clients, config.reconnects = 3, 2, 4
         config.concurrency, config.count, config.tail, config.scenario_timeout = 3, 40, 2000, 50
+        config.parallel = True
     config.systems = [s for s in config.systems.split(",") if s]
     for s in config.systems:
         if s not in SYSTEMS:
@@ -302,22 +331,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ensurePeer()
     t0 = time.monotonic()
     info = versions()
-    results: Dict[str, Dict[str, Optional[Dict[str, Any]]]] = {}
+    results: Dict[str, Dict[str, Optional[Dict[str, Any]]]] = {name: {} for name in config.systems}
     commands: Dict[str, List[List[str]]] = {}
-    for name in config.systems:
-        sys.stderr.write(f"bench.recovery: {name}\n")
-        system = System(name)
-        commands[name] = system.commands
+    systems: List[System] = []
+    failures: List[BaseException] = []
+
+    def one(name: str) -> None:
         try:
-            results[name] = {}
-            for scenario in config.scenarios:
-                if scenario == "d" and len(system.urls) < 2:
-                    results[name][scenario] = None  # one process: nowhere else to go
-                    continue
-                sys.stderr.write(f"bench.recovery: {name} scenario {scenario}\n")
-                results[name][scenario] = runScenario(system, scenario, config)
-        finally:
+            sys.stderr.write(f"bench.recovery: {name}\n")
+            system = System(name, config.wsglue_args.split() if name.startswith("wsglue") else ())
+            systems.append(system)
+            commands[name] = system.commands
+            try:
+                for scenario in config.scenarios:
+                    if scenario == "d" and len(system.urls) < 2:
+                        results[name][scenario] = None  # one process: nowhere else to go
+                        continue
+                    sys.stderr.write(f"bench.recovery: {name} scenario {scenario}\n")
+                    results[name][scenario] = runScenario(system, scenario, config)
+            finally:
+                system.stop()
+        except BaseException as e:
+            failures.append(e)
+
+    try:
+        if config.parallel:
+            # The systems side by side at once (the smoke run: small enough
+            # not to disturb each other); a measured run takes them in turn.
+            threads = [threading.Thread(target=one, args=(name,), daemon=True) for name in config.systems]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        else:
+            for name in config.systems:
+                one(name)
+                if failures:
+                    break
+    finally:
+        for proc in list(_clients):
+            if proc.poll() is None:
+                proc.kill()
+        for system in systems:
             system.stop()
+    if failures:
+        raise failures[0]
     info["loadavg_after"] = os.getloadavg()
     output = {
         "started": stamp,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional, Set
 
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from wsglue.registry import Message, SessionRegistry
@@ -26,6 +27,7 @@ from wsglue.registry import Message, SessionRegistry
 class Scenarios:
     def __init__(self, registry: SessionRegistry) -> None:
         self.registry = registry
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self.loops: Set[LoopingCall] = set()
         self.broadcast: Optional[LoopingCall] = None
         self.broadcastNumber = 0
@@ -55,7 +57,7 @@ class Scenarios:
         verb, *args = message.split()
         if verb == "stream" and len(args) == 3:
             count, rate, delay = int(args[0]), float(args[1]), float(args[2])
-            reactor.callLater(delay / 1000, self._stream, sid, count, rate)  # type: ignore[attr-defined]
+            self.clock.callLater(delay / 1000, self._stream, sid, count, rate)
             return "started"
         if verb == "bstart" and len(args) == 1:
             if self.broadcast is None:

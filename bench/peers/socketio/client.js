@@ -4,8 +4,9 @@
 //
 //   node client.js '<json config>'
 //
-// config: {system: "wsglue"|"socketio", urls: [A, B], scenario: "a"|"b"|"c"|"d",
-//          clients, concurrency, count, rate, reconnects, pauseMs, broadcastRate, tailMs}
+// config: {system: "wsglue"|"socketio", urls: [A, B], scenario: "a"|"b"|"c"|"d"|"e",
+//          clients, concurrency, count, rate, reconnects, pauseMs, longPauseMs,
+//          broadcastRate, tailMs}
 // Prints one JSON line: {"result": {...}} (see summarize()).
 //
 // Every client counts by content: the session stream is "n 1".."n count",
@@ -257,12 +258,12 @@ async function runClient(config) {
     const delay = config.scenario === "c" ? 300 : 0;
     await client.stream(count, rate, delay);
     const streamEnd = performance.now() + delay + (count * 1000) / rate;
-    if (config.scenario === "a" || config.scenario === "d") {
+    if (config.scenario === "a" || config.scenario === "d" || config.scenario === "e") {
       // Cut somewhere in the first half of the stream, come back after a pause.
       const at = Math.floor(count * (0.2 + 0.3 * Math.random()));
       await tally.until(() => tally.n.size >= at, streamEnd - performance.now() + 5000);
       await client.drop();
-      await sleep(config.pauseMs);
+      await sleep(config.scenario === "e" ? config.longPauseMs : config.pauseMs);
       await reconnect(config.scenario === "d" ? urlB : urlA);
     } else if (config.scenario === "b") {
       for (let i = 0; i < config.reconnects; i++) {
@@ -347,6 +348,7 @@ function summarize(records, config, seconds) {
   s.resumeP50Ms = percentile(resume, 50);
   s.resumeP99Ms = percentile(resume, 99);
   s.resumeMaxMs = resume.length ? Math.round(Math.max(...resume) * 10) / 10 : null;
+  s.resumeMs = resume.map((ms) => Math.round(ms * 10) / 10);
   s.seconds = Math.round(seconds * 10) / 10;
   s.messagesExpected = records.length * config.count;
   return s;
