@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Optional, Set
 
 from twisted.internet import reactor
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from wsglue.registry import Message, SessionRegistry
@@ -27,7 +26,7 @@ from wsglue.registry import Message, SessionRegistry
 class Scenarios:
     def __init__(self, registry: SessionRegistry) -> None:
         self.registry = registry
-        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.clock: Any = reactor
         self.loops: Set[LoopingCall] = set()
         self.broadcast: Optional[LoopingCall] = None
         self.broadcastNumber = 0
