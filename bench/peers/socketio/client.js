@@ -196,6 +196,13 @@ class Tally {
     this.n = new Map();
     this.b = new Map();
     this.waiters = [];
+    // What arrived, in order, with the drops and the reconnects marked:
+    // kept in the JSON for clients that lost or doubled something.
+    this.log = [];
+  }
+
+  mark(what) {
+    this.log.push(what);
   }
 
   add(text) {
@@ -203,6 +210,7 @@ class Tally {
     const map = stream === "n" ? this.n : this.b;
     const number = Number(k);
     map.set(number, (map.get(number) || 0) + 1);
+    this.log.push(text);
     for (const w of this.waiters.slice()) w();
   }
 
@@ -249,8 +257,14 @@ async function runClient(config) {
   const [urlA, urlB] = config.urls;
   const record = { reconnects: [], error: null, receivedBeforeDrop: null };
   const reconnect = async (url) => {
+    tally.mark("(reconnect)");
     const r = await client.connect(url);
+    tally.mark(r.recovered ? "(recovered)" : "(not recovered)");
     record.reconnects.push(r);
+  };
+  const drop = async () => {
+    tally.mark("(drop)");
+    await client.drop();
   };
   const { count, rate } = config;
   try {
@@ -262,20 +276,20 @@ async function runClient(config) {
       // Cut somewhere in the first half of the stream, come back after a pause.
       const at = Math.floor(count * (0.2 + 0.3 * Math.random()));
       await tally.until(() => tally.n.size >= at, streamEnd - performance.now() + 5000);
-      await client.drop();
+      await drop();
       await sleep(config.scenario === "e" ? config.longPauseMs : config.pauseMs);
       await reconnect(config.scenario === "d" ? urlB : urlA);
     } else if (config.scenario === "b") {
       for (let i = 0; i < config.reconnects; i++) {
         await sleep(20 + 60 * Math.random());
-        await client.drop();
+        await drop();
         await reconnect(urlA);
       }
     } else if (config.scenario === "c") {
       // The stream starts 300 ms after the request: the client leaves at
       // once, before any message, and comes back pauseMs after the first.
       record.receivedBeforeDrop = tally.received() + [...tally.b.values()].reduce((a, b) => a + b, 0);
-      await client.drop();
+      await drop();
       await sleep(delay + config.pauseMs);
       await reconnect(urlA);
     }
@@ -291,6 +305,11 @@ async function runClient(config) {
     ? counts(tally.b, Math.min(...bKeys), Math.max(...bKeys))
     : { lost: 0, duplicated: 0 };
   record.stream = stream;
+  if (stream.lost || stream.duplicated || broadcast.lost || broadcast.duplicated) {
+    record.lostNumbers = [];
+    for (let k = 1; k <= count; k++) if (!tally.n.has(k)) record.lostNumbers.push(k);
+    record.log = tally.log;
+  }
   record.broadcast = broadcast;
   record.broadcastReceived = bKeys.length;
   return record;
@@ -321,6 +340,7 @@ function summarize(records, config, seconds) {
     lostWhileRecovered: 0,
     duplicatedWhileRecovered: 0,
     clientsWithMessageBeforeDrop: 0,
+    samples: [],
   };
   for (const r of records) {
     if (r.error) {
@@ -342,6 +362,10 @@ function summarize(records, config, seconds) {
       s.duplicatedWhileRecovered += r.stream.duplicated + r.broadcast.duplicated;
     }
     if (r.receivedBeforeDrop) s.clientsWithMessageBeforeDrop += 1;
+    if (r.log && r.reconnects.every((c) => c.recovered) && s.samples.length < 5) {
+      // Around each loss or double of a client told "recovered" every time.
+      s.samples.push({ lostNumbers: r.lostNumbers.slice(0, 20), log: r.log });
+    }
   }
   s.lost = s.streamLost + s.broadcastLost;
   s.duplicated = s.streamDuplicated + s.broadcastDuplicated;
