@@ -314,7 +314,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     config = parser.parse_args(argv)
     if config.smoke:
         config.clients, config.reconnecting_clients, config.reconnects = 3, 2, 4
-        config.concurrency, config.count, config.tail, config.scenario_timeout = 3, 40, 2000, 50
+        config.concurrency, config.count, config.tail, config.scenario_timeout = 3, 40, 4000, 50
         config.parallel = True
     config.systems = [s for s in config.systems.split(",") if s]
     for s in config.systems:
