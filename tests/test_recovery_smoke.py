@@ -22,7 +22,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.common import ROOT, CollectOutput
 
 SYSTEMS = ["wsglue", "wsglue-redis", "socketio", "socketio-redis"]
-SCENARIOS = ["a", "b", "c", "d", "e"]
+SCENARIOS = ["a", "b", "c", "d", "e", "f"]
 
 
 class RecoverySmokeTests(TestCase):

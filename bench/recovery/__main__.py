@@ -23,7 +23,9 @@ and a numbered broadcast:
 - C{c}: a drop before any message was received, a reconnect;
 - C{d}: a drop, and a reconnect to the other process (n/a in memory);
 - C{e}: a long drop (2.5 s: 250 messages of the stream, more than wsglue's
-  default C{--history-size 100}), a reconnect.
+  default C{--history-size 100}), a reconnect;
+- C{f}: a half-open drop: a TCP proxy cuts the client's side and leaves the
+  server's side open and unread (the server has not noticed yet), a reconnect.
 
 The table: messages lost and duplicated (counted by content), how many
 reconnects were recovered, and the resume time (from the new connection's
@@ -55,6 +57,7 @@ SCENARIOS = {
     "c": "drop before any message, reconnect",
     "d": "reconnect to the other process",
     "e": "a long drop (--long-pause), then reconnect",
+    "f": "half-open drop (the server's side stays open), reconnect",
 }
 NPM_PACKAGES = ("socket.io", "socket.io-client", "@socket.io/redis-streams-adapter", "redis", "ws")
 
@@ -294,7 +297,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of " + ", ".join(SYSTEMS))
-    parser.add_argument("--scenarios", default="abcde", help="letters of a, b, c, d, e")
+    parser.add_argument("--scenarios", default="abcdef", help="letters of a, b, c, d, e, f")
     parser.add_argument("--clients", type=int, default=100, help="clients in scenarios a, c, d")
     parser.add_argument("--reconnecting-clients", type=int, default=20, help="clients in scenarios b and e")
     parser.add_argument("--reconnects", type=int, default=20, help="drops and reconnects of each client in b")

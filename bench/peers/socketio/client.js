@@ -4,7 +4,7 @@
 //
 //   node client.js '<json config>'
 //
-// config: {system: "wsglue"|"socketio", urls: [A, B], scenario: "a"|"b"|"c"|"d"|"e",
+// config: {system: "wsglue"|"socketio", urls: [A, B], scenario: "a"|"b"|"c"|"d"|"e"|"f",
 //          clients, concurrency, count, rate, reconnects, pauseMs, longPauseMs,
 //          broadcastRate, tailMs}
 // Prints one JSON line: {"result": {...}} (see summarize()).
@@ -16,6 +16,7 @@
 "use strict";
 
 const crypto = require("crypto");
+const net = require("net");
 const { performance } = require("perf_hooks");
 const WebSocket = require("ws");
 const { io } = require("socket.io-client");
@@ -110,6 +111,12 @@ class GlueClient {
     await withTimeout(this.closed, CONNECT_TIMEOUT_MS, "close after drop");
   }
 
+  // Resolves when the connection was closed under it (the proxy cut it).
+  lost() {
+    this.replies = [];
+    return withTimeout(this.closed, CONNECT_TIMEOUT_MS, "close after the cut");
+  }
+
   close() {
     if (this.ws) this.ws.terminate();
   }
@@ -184,8 +191,65 @@ class SioClient {
     await withTimeout(gone, CONNECT_TIMEOUT_MS, "disconnect after drop");
   }
 
+  lost() {
+    if (!this.socket.connected) return Promise.resolve();
+    const gone = new Promise((resolve) => this.socket.once("disconnect", resolve));
+    return withTimeout(gone, CONNECT_TIMEOUT_MS, "disconnect after the cut");
+  }
+
   close() {
     if (this.socket) this.socket.disconnect();
+  }
+}
+
+// -- a half-open drop ----------------------------------------------------------
+
+// A TCP proxy of one client: cut() destroys the client's side and leaves the
+// server's side open and unread, so the server still believes the old
+// connection alive when the client comes back (a phone that changed
+// networks). close() ends the server's side too.
+class HalfOpenProxy {
+  constructor(url) {
+    this.target = Number(new URL(url).port);
+    this.pairs = new Set();
+    this.kept = [];
+    this.server = net.createServer((near) => {
+      const far = net.connect(this.target, "127.0.0.1");
+      const pair = { near, far, cut: false };
+      this.pairs.add(pair);
+      near.on("error", () => {});
+      far.on("error", () => {});
+      near.pipe(far);
+      far.pipe(near);
+      near.on("close", () => {
+        this.pairs.delete(pair);
+        if (!pair.cut) far.destroy();
+      });
+      far.on("close", () => near.destroy());
+    });
+  }
+
+  listen() {
+    return new Promise((resolve) => {
+      this.server.listen(0, "127.0.0.1", () => resolve(this.server.address().port));
+    });
+  }
+
+  cut() {
+    for (const pair of this.pairs) {
+      pair.cut = true;
+      pair.far.unpipe(pair.near);
+      pair.near.unpipe(pair.far);
+      pair.far.pause();
+      this.kept.push(pair.far);
+      pair.near.destroy();
+    }
+  }
+
+  close() {
+    for (const far of this.kept) far.destroy();
+    for (const pair of this.pairs) pair.near.destroy();
+    this.server.close();
   }
 }
 
@@ -254,8 +318,9 @@ async function runClient(config) {
   const tally = new Tally();
   const Client = config.system === "wsglue" ? GlueClient : SioClient;
   const client = new Client((text) => tally.add(text));
-  const [urlA, urlB] = config.urls;
+  let [urlA, urlB] = config.urls;
   const record = { reconnects: [], error: null, receivedBeforeDrop: null };
+  let proxy = null;
   const reconnect = async (url) => {
     tally.mark("(reconnect)");
     const r = await client.connect(url);
@@ -268,6 +333,12 @@ async function runClient(config) {
   };
   const { count, rate } = config;
   try {
+    if (config.scenario === "f") {
+      proxy = new HalfOpenProxy(urlA);
+      const port = await proxy.listen();
+      urlA = urlA.replace(/:\d+/, `:${port}`);
+      urlB = urlA;
+    }
     await client.connect(urlA);
     const delay = config.scenario === "c" ? 300 : 0;
     await client.stream(count, rate, delay);
@@ -279,6 +350,16 @@ async function runClient(config) {
       await drop();
       await sleep(config.scenario === "e" ? config.longPauseMs : config.pauseMs);
       await reconnect(config.scenario === "d" ? urlB : urlA);
+    } else if (config.scenario === "f") {
+      // As a, but the server's side of the old connection stays open.
+      const at = Math.floor(count * (0.2 + 0.3 * Math.random()));
+      await tally.until(() => tally.n.size >= at, streamEnd - performance.now() + 5000);
+      tally.mark("(half-open cut)");
+      const lost = client.lost();
+      proxy.cut();
+      await lost;
+      await sleep(config.pauseMs);
+      await reconnect(urlA);
     } else if (config.scenario === "b") {
       for (let i = 0; i < config.reconnects; i++) {
         await sleep(20 + 60 * Math.random());
@@ -298,6 +379,7 @@ async function runClient(config) {
     record.error = String(err && err.message ? err.message : err);
   } finally {
     client.close();
+    if (proxy) proxy.close();
   }
   const stream = counts(tally.n, 1, count);
   const bKeys = [...tally.b.keys()];
