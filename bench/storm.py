@@ -176,10 +176,11 @@ def post(apiPort: int, messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def owe(apiPort: int, sids: List[str], owed: int, prefix: str, parallel: int = 4) -> Dict[str, Any]:
     """
     Post C{owed} messages (C{prefix}1 ...) into each session's stream, in
-    batches of at most 1,000 (each batch holds whole sessions, so that a
+    batches of at most 500 (each batch holds whole sessions, so that a
     session's messages keep their order), C{parallel} batches at a time.
     """
-    per = max(1, 1000 // owed)
+    # 500 messages a batch: a body of 1,000 would pass --max-message-size (64 KiB).
+    per = max(1, 500 // owed)
     batches = [sids[i : i + per] for i in range(0, len(sids), per)]
     out: Dict[str, Any] = {"messages": 0, "no_stream": 0, "delivered": 0, "errors": []}
     lock = threading.Lock()
@@ -299,6 +300,7 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
                 raise BenchError(f"{c.name}: {opened['failed']} sessions did not open")
             sids += opened["sids"]
         figures["open_seconds"] = round(time.monotonic() - t, 2)
+        sys.stderr.write(f"storm: {name}: {len(sids)} sessions open in {figures['open_seconds']} s\n")
         if len(set(sids)) != config.sessions:
             raise BenchError(f"{len(set(sids))} distinct sessions, not {config.sessions}")
 
@@ -356,6 +358,7 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
 
         owed = owe(postPort, sids, config.owed, "m")
         figures["post"] = owed
+        sys.stderr.write(f"storm: {name}: posted {owed}\n")
         if owed["errors"] or owed["messages"] != config.sessions * config.owed:
             raise BenchError(f"posting failed: {owed}")
 
