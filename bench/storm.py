@@ -232,10 +232,30 @@ def waitUntil(predicate: Any, timeout: float, what: str, interval: float = 0.1) 
         time.sleep(interval)
 
 
+# Counters of the kernel's TCP stack (the whole machine): SYNs dropped
+# because a listening socket's accept queue was full, and the like.
+NETSTAT = ("ListenOverflows", "ListenDrops", "TCPReqQFullDoCookies", "TCPReqQFullDrop", "TCPTimeouts")
+
+
+def netstat() -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for names, values in zip(lines[::2], lines[1::2]):
+        for k, v in zip(names.split()[1:], values.split()[1:]):
+            if k in NETSTAT:
+                out[k] = int(v)
+    return out
+
+
 def stats(values: Sequence[float]) -> Dict[str, Optional[float]]:
     if not values:
-        return {"p50": None, "p99": None, "last": None}
+        return {"first": None, "p50": None, "p99": None, "last": None}
     return {
+        "first": round(min(values), 1),
         "p50": round(percentile(values, 50), 1),
         "p99": round(percentile(values, 99), 1),
         "last": round(max(values), 1),
@@ -372,6 +392,7 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
         serverPids = server.pids() + [p for e in extra for p in descendants(e.pid)]
         cpu0 = cpuSeconds(serverPids)
         load0 = os.getloadavg()
+        net0 = netstat()
         t = time.monotonic()
         for c in clients:
             c.send(cmd="storm", expect=config.owed, prefix="m", timeout=config.timeout, settle=config.settle)
@@ -382,10 +403,18 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
         done = [r["t0"] - base + d for r in results for d in r["done"]]
         lastDone = max((r["t0"] - base + r["lastDone"] for r in results), default=0.0)
         serverCpu = cpuSeconds(serverPids) - cpu0
+        net1 = netstat()
+        seconds = [0] * (int(max(welcome, default=0) // 1000) + 1)
+        for w in welcome:
+            seconds[int(w // 1000)] += 1
         figures.update(
             {
                 "welcome_ms": stats(welcome),
                 "complete_ms": stats(done),
+                # Welcomes in each second of the storm: 0-1 s, 1-2 s, ...
+                "welcome_per_second": seconds,
+                # The kernel's counters over the storm (the whole machine).
+                "netstat": {k: net1.get(k, 0) - net0.get(k, 0) for k in NETSTAT},
                 "welcomed": len(welcome),
                 "complete": len(done),
                 "recovered": sum(r["recovered"] for r in results),
@@ -429,6 +458,7 @@ def _sum(dicts: List[Dict[str, int]]) -> Dict[str, int]:
 ROWS = (
     ("sessions", lambda f: f["sessions"]),
     ("owed per session", lambda f: f["owed"]),
+    ("welcome first ms", lambda f: f["welcome_ms"]["first"]),
     ("welcome p50 ms", lambda f: f["welcome_ms"]["p50"]),
     ("welcome p99 ms", lambda f: f["welcome_ms"]["p99"]),
     ("welcome last ms", lambda f: f["welcome_ms"]["last"]),
@@ -444,6 +474,8 @@ ROWS = (
     ("offset gaps", lambda f: f["offset_gaps"]),
     ("retries", lambda f: f["retries"]),
     ("server CPU s", lambda f: f["server_cpu_seconds"]),
+    ("listen overflows", lambda f: f["netstat"]["ListenOverflows"]),
+    ("welcomes/s bucket", lambda f: "/".join(str(n) for n in f["welcome_per_second"])),
     ("post s (owed msgs)", lambda f: f["post"]["seconds"]),
     ("down s", lambda f: f["down_seconds"]),
 )
