@@ -272,7 +272,13 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
     extra: List[Child] = []
     daemons: List[Daemon] = []
     clients: List[StormClients] = []
-    figures: Dict[str, Any] = {"scenario": name, "sessions": config.sessions, "owed": config.owed}
+    figures: Dict[str, Any] = {
+        "scenario": name,
+        "sessions": config.sessions,
+        "owed": config.owed,
+        "backlog": config.backlog,
+        "spread_ms": config.spread,
+    }
     try:
         argv = [
             sys.executable,
@@ -395,7 +401,14 @@ def scenario(name: str, config: argparse.Namespace, folder: str) -> Dict[str, An
         net0 = netstat()
         t = time.monotonic()
         for c in clients:
-            c.send(cmd="storm", expect=config.owed, prefix="m", timeout=config.timeout, settle=config.settle)
+            c.send(
+                cmd="storm",
+                expect=config.owed,
+                prefix="m",
+                timeout=config.timeout,
+                settle=config.settle,
+                spread=config.spread,
+            )
         results = [c.expect("storm", config.timeout + 60) for c in clients]
         wall = time.monotonic() - t
         base = min(r["t0"] for r in results)
@@ -505,6 +518,9 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--loaders", type=int, default=2, help="storm.js processes (127.9.0.1, .2, ...)")
     p.add_argument("--concurrency", type=int, default=200, help="handshakes in flight while opening")
     p.add_argument("--backlog", type=int, default=1024, help="the listening port's backlog")
+    p.add_argument(
+        "--spread", type=float, default=0, help="ms: each session comes back after a random delay under it (0: at once)"
+    )
     p.add_argument("--timeout", type=float, default=120, help="seconds the storm may take")
     p.add_argument("--settle", type=float, default=1000, help="ms waited after the last completes")
     p.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))

@@ -18,8 +18,9 @@
 //       answer once no session has an open socket (the server went away):
 //       {"ev":"closed","open","codes":{code: n}}.
 //   {"cmd":"drop"}  abort every socket (no close frame: a network blip).
-//   {"cmd":"storm","expect":K,"prefix":P,"timeout":S,"settle":MS}
-//       every session reconnects at once (all sockets made in one turn),
+//   {"cmd":"storm","expect":K,"prefix":P,"timeout":S,"settle":MS,"spread":MS}
+//       every session reconnects at once (all sockets made in one turn;
+//       with a spread, each after a random delay under it),
 //       sends its hello with its positions and waits for its welcome and
 //       the K messages P1..PK of its session stream.  Answers when all are
 //       complete (or S seconds passed) and MS ms more went by (a late
@@ -268,7 +269,7 @@ function drop() {
 
 // -- the storm -------------------------------------------------------------
 
-function runStorm(expect, prefix, timeoutS, settleMs) {
+function runStorm(expect, prefix, timeoutS, settleMs, spreadMs) {
   return new Promise((resolve) => {
     const expected = new Map();
     for (let k = 1; k <= expect; k++) expected.set(prefix + k, k - 1);
@@ -341,10 +342,12 @@ function runStorm(expect, prefix, timeoutS, settleMs) {
         setTimeout(() => { if (!finished) connect(s); }, Math.random() * ceiling);
       };
     }
-    // All at once: every socket is made in this one turn.
+    // All at once: every socket is made in this one turn (or, with a
+    // spread, each after a random delay under it, as clients with jitter).
     for (const s of sessions) {
       if (s.sock) { const old = s.sock; s.sock = null; old.destroy(); }
-      connect(s);
+      if (spreadMs > 0) setTimeout(() => { if (!finished) connect(s); }, Math.random() * spreadMs);
+      else connect(s);
     }
   });
 }
@@ -361,7 +364,8 @@ rl.on('line', (line) => {
       case 'waitclosed': reply(await waitClosed(cmd.timeout || 30)); break;
       case 'drop': reply(drop()); break;
       case 'storm':
-        reply(await runStorm(cmd.expect, cmd.prefix, cmd.timeout || 120, cmd.settle === undefined ? 1000 : cmd.settle));
+        reply(await runStorm(cmd.expect, cmd.prefix, cmd.timeout || 120, cmd.settle === undefined ? 1000 : cmd.settle,
+                             cmd.spread || 0));
         break;
       case 'exit': process.exit(0); break;
       default: reply({ ev: 'error', error: `unknown command ${cmd.cmd}` });
