@@ -488,9 +488,10 @@ ROWS = (
     ("retries", lambda f: f["retries"]),
     ("server CPU s", lambda f: f["server_cpu_seconds"]),
     ("listen overflows", lambda f: f["netstat"]["ListenOverflows"]),
-    ("welcomes/s bucket", lambda f: "/".join(str(n) for n in f["welcome_per_second"])),
     ("post s (owed msgs)", lambda f: f["post"]["seconds"]),
     ("down s", lambda f: f["down_seconds"]),
+    ("backlog", lambda f: f["backlog"]),
+    ("spread ms", lambda f: f["spread_ms"]),
 )
 
 
@@ -506,6 +507,9 @@ def table(runs: List[Dict[str, Any]]) -> str:
             except (KeyError, TypeError):
                 cells.append("-")
         lines.append(label.ljust(20) + "".join(c.rjust(width + 2) for c in cells))
+    lines.append("\nwelcomes in each second of the storm (0-1 s, 1-2 s, ...):")
+    for r in runs:
+        lines.append(f"  {r['scenario']}: " + " ".join(str(n) for n in r.get("welcome_per_second", [])))
     return "\n".join(lines)
 
 
