@@ -3,7 +3,7 @@ The resume storm: every C{wsglue.v1} session of a daemon comes back at
 once, after a restart, and each must get its welcome (C{recovered: true})
 and the messages it missed while it was away::
 
-    python -m bench.storm            # 10,000 sessions (about 2 minutes)
+    python -m bench.storm            # 10,000 sessions (about a minute)
     python -m bench.storm --smoke    # 200 sessions (seconds), as CI does
 
 Scenarios (C{--scenarios}, run in turn, printed side by side):
