@@ -24,7 +24,9 @@ from twisted.trial.unittest import TestCase
 from tests.cluster_record_handler import readRecord
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
-from tests.test_cluster import ask, askUntil
+from tests.test_cluster import SID_A, FakeConnection, ask, askUntil
+from wsglue.cluster.redisurl import parseRedisURL
+from wsglue.cluster.registry import ClusterRegistry
 
 GRACE = 3.0
 # The cluster registry's heartbeat and its time to live (3 heartbeats).
@@ -218,3 +220,152 @@ class KilledWorkerPresenceTests(TestCase):
         yield self.settled(sid, dead)
         self.assertEqual(len(self.events("ended", sid)), 1)
         self.assertEqual(len(self.events("started", sid)), 1)
+
+
+class PresenceInRedisTests(TestCase):
+    """
+    The presence scripts (L{wsglue.cluster.presence}) with registries in
+    this process on a private Redis, a fast heartbeat, and nodes that stop
+    talking to Redis as a dead process would.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.redis = yield startRedis(self)
+        self.events: List[Any] = []
+
+    def node(self, name: str) -> ClusterRegistry:
+        registry = ClusterRegistry(parseRedisURL(self.redis.url), reactor=reactor, heartbeat=0.2)
+        registry.configure(None, presenceGrace=0.3, clock=reactor)
+        registry.watchPresence(
+            lambda sid: self.events.append(("started", sid, name)),
+            lambda sid: self.events.append(("ended", sid, name)),
+        )
+        registry.start()
+        self.addCleanup(registry.stop)
+        return registry
+
+    def kinds(self, sid: str) -> List[str]:
+        return [kind for kind, s, _ in self.events if s == sid]
+
+    @inlineCallbacks
+    def quiet(self, node: ClusterRegistry) -> Any:
+        """
+        C{node} says nothing to Redis any more, as if its process died.
+        """
+        node._beating.stop()
+        node.stopTimers()
+        yield node.link.stop()
+
+    @inlineCallbacks
+    def settled(self, node: ClusterRegistry, gone: str) -> Any:
+        """
+        Wait until node C{gone} was reaped and nothing is due any more.
+        """
+        for _ in range(200):
+            score = yield node.link.execute("ZSCORE", node.nodesKey, gone)
+            due = yield node.link.execute("ZCARD", node.dueKey)
+            if score is None and not int(due):
+                return
+            yield deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"node {gone} not reaped, or ends still due")
+
+    @inlineCallbacks
+    def test_deadNodeEndedOnceByOne(self) -> Any:
+        """
+        Two live nodes reap at every heartbeat: the session that only a
+        dead node held ends once, on one of them, after the grace.
+        """
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        a.add(SID_A, FakeConnection())
+        yield waitFor(lambda: self.kinds(SID_A) == ["started"])
+        yield self.quiet(a)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended"], timeout=10)
+        yield self.settled(b, a.nodeId)
+        self.assertEqual(self.kinds(SID_A), ["started", "ended"])
+        self.assertIn(self.events[-1][2], ("b", "c"))
+        self.assertFalse((yield b.online(SID_A)))
+        self.assertEqual((yield c.onlineCount()), 0)
+
+    @inlineCallbacks
+    def test_heldElsewhereNotEnded(self) -> Any:
+        """
+        A session held by a dead node and a live one does not end when the
+        dead one is reaped; it ends once the live one lets it go.
+        """
+        a, b = self.node("a"), self.node("b")
+        a.add(SID_A, FakeConnection())
+        conn = FakeConnection()
+        b.add(SID_A, conn)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started"])
+        yield self.quiet(a)
+        yield self.settled(b, a.nodeId)
+        self.assertEqual(self.kinds(SID_A), ["started"])
+        self.assertTrue((yield b.online(SID_A)))
+        b.remove(SID_A, conn)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended"], timeout=10)
+
+    @inlineCallbacks
+    def test_takenForDeadStartsAgain(self) -> Any:
+        """
+        A node that did not beat for longer than the time to live is taken
+        for dead: its session ends after the grace; once it beats again, it
+        writes its presence again and the session, still connected there,
+        starts again: every end between two starts.
+        """
+        a, b = self.node("a"), self.node("b")
+        a.add(SID_A, FakeConnection())
+        yield waitFor(lambda: self.kinds(SID_A) == ["started"])
+        a._beating.stop()
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended"], timeout=10)
+        a._beating.start(a.heartbeat, now=True)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended", "started"], timeout=10)
+        self.assertTrue((yield b.online(SID_A)))
+        self.assertEqual((yield b.onlineCount()), 1)
+
+    @inlineCallbacks
+    def test_stoppedDuringGraceEndedElsewhere(self) -> Any:
+        """
+        A node that stops while a session's grace runs (its timers
+        cancelled) leaves the end to another node.
+        """
+        a = self.node("a")
+        self.node("b")
+        conn = FakeConnection()
+        a.add(SID_A, conn)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started"])
+        a.remove(SID_A, conn)
+        yield waitFor(lambda: bool(a._graces))
+        a.stopTimers()
+        yield a.stop()
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended"], timeout=10)
+        self.assertEqual(self.events[-1][2], "b")
+
+    @inlineCallbacks
+    def test_backWithinGrace(self) -> Any:
+        """
+        A session whose only holder died and that comes back on another
+        node after the dead one was reaped, within the grace, neither ends
+        nor starts again.
+        """
+        a, b = self.node("a"), self.node("b")
+        b.configure(None, presenceGrace=3.0, clock=reactor)
+        a.add(SID_A, FakeConnection())
+        yield waitFor(lambda: self.kinds(SID_A) == ["started"])
+        yield self.quiet(a)
+
+        @inlineCallbacks
+        def due() -> Any:
+            for _ in range(200):
+                if (yield b.link.execute("ZSCORE", b.dueKey, SID_A)) is not None:
+                    return
+                yield deferLater(reactor, 0.05, lambda: None)
+            raise AssertionError("never due")
+
+        yield due()
+        b.add(SID_A, FakeConnection())
+        yield self.settled(b, a.nodeId)
+        self.assertEqual(self.kinds(SID_A), ["started"])
+        self.assertTrue((yield b.online(SID_A)))
