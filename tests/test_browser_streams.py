@@ -5,10 +5,16 @@ L{tests.stream_handler} (a numbered stream of 50 messages a second to the
 page's session), while the server drops the page's TCP connection, refuses
 it for a while (an outage) and restarts (SPEC sections 11 and 12).
 
+And on C{--workers 2 --redis} (a private redis-server), with the numbered
+stream sent to the page's session through the HTTP API, while the worker
+that holds the page's connection is killed with SIGKILL
+(L{BrowserKilledWorkerTests}).
+
 C{tests/browser_streams_check.py} drives the browser, and starts, stops and
 starts again the daemon, in a child process and prints a JSON report; it
-runs once per test run and each test here checks one behaviour in that
-report.  If Chromium or Playwright is missing, every test here fails.
+runs once per scenario per test run and each test here checks one
+behaviour in that report.  If Chromium or Playwright is missing, every test
+here fails.
 """
 
 from __future__ import annotations
