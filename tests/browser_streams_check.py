@@ -10,8 +10,11 @@ C{argv} starts the daemon (C{twistd -n wsglue … --handler
 tests.stream_handler:NumberedStream}); this script starts it, and stops it
 and starts it again on the same port, so that the browser sees it go.  Run
 by L{tests.test_browser_streams} in a child process (Playwright's sync API
-cannot run in trial's reactor thread).  Every wait has a bound; a step that
-times out ends the run with C{"error"} set.  The daemon is stopped before
+cannot run in trial's reactor thread).  With C{"cluster": true} in the
+configuration it runs L{mainCluster} instead: a daemon with C{--workers 2
+--redis}, the stream sent by L{Producer} through the HTTP API, and the
+worker that holds the page's connection killed with SIGKILL.  Every wait
+has a bound; a step that times out ends the run with C{"error"} set.  The daemon is stopped before
 the script exits, whatever happened.
 """
 
