@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from tests.cluster_record_handler import readRecord
 from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
 from tests.redis_server import startRedis
-from tests.test_cluster import SID_A, FakeConnection, ask, askUntil
+from tests.test_cluster import SID_A, SID_B, FakeConnection, ask, askUntil
 from wsglue.cluster.redisurl import parseRedisURL
 from wsglue.cluster.registry import ClusterRegistry
 
@@ -369,3 +369,24 @@ class PresenceInRedisTests(TestCase):
         yield self.settled(b, a.nodeId)
         self.assertEqual(self.kinds(SID_A), ["started"])
         self.assertTrue((yield b.online(SID_A)))
+
+    @inlineCallbacks
+    def test_watcherErrorContained(self) -> Any:
+        """
+        A watcher that raises for one session is logged; the other
+        sessions ended in the same answer are still told.
+        """
+        a, b = self.node("a"), self.node("b")
+
+        def ended(sid: str) -> None:
+            self.events.append(("ended", sid, "b"))
+            if sid == SID_A:
+                raise RuntimeError("boom")
+
+        b.watchPresence(None, ended)
+        a.add(SID_A, FakeConnection())
+        a.add(SID_B, FakeConnection())
+        yield waitFor(lambda: len(self.events) == 2)
+        yield self.quiet(a)
+        yield waitFor(lambda: self.kinds(SID_A) == ["started", "ended"] and self.kinds(SID_B) == ["started", "ended"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

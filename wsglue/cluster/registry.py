@@ -596,7 +596,7 @@ class ClusterRegistry(SessionRegistry):
                 self._rejoin = True
             if self._clusterStarted is not None:
                 for started in _strings(answer[1:]):
-                    self._clusterStarted(started)
+                    _tell(self._clusterStarted, started)
 
         def failed(f: Failure) -> None:
             self._rejoin = True
@@ -667,7 +667,7 @@ class ClusterRegistry(SessionRegistry):
             if not isinstance(sids, list) or self._clusterEnded is None:
                 return
             for sid in _strings(sids):
-                self._clusterEnded(sid)
+                _tell(self._clusterEnded, sid)
 
         d.addCallbacks(ended, self._presenceFailed)
         return d
@@ -1211,6 +1211,17 @@ class ClusterRegistry(SessionRegistry):
         if f.check(RedisUnavailable):
             return f
         return Failure(RedisUnavailable(f.getErrorMessage()))
+
+
+def _tell(watcher: Callable[[str], None], sid: str) -> None:
+    """
+    Call a presence watcher; an error is logged, and the other sessions of
+    the same answer are still told.
+    """
+    try:
+        watcher(sid)
+    except Exception:
+        _log.failure("presence watcher failed for {sid}", sid=sid)
 
 
 def _notSubscribed(result: Any, timeout: float) -> Any:
