@@ -98,7 +98,7 @@ class KilledWorkerPresenceTests(TestCase):
         """
         One command on the test's Redis.
         """
-        conn = yield txredisapi.Connection("127.0.0.1", self.redis.port, reconnect=False)
+        conn = yield txredisapi.Connection("127.0.0.1", self.redis.port, reconnect=False, convertNumbers=False)
         try:
             answer = yield conn.execute_command(*args)
         finally:

@@ -25,7 +25,8 @@ Lua scripts change them atomically:
     C{due}.
   - L{REAP}: run by every node at every heartbeat (and when one of its own
     graces is over): the part of each dead node (expired in C{nodes}) is
-    taken back, its sessions left without holder are put on C{due} with the
+    taken back (only by a node that has reached Redis for long enough that
+    the others had time to beat after an outage of Redis itself), its sessions left without holder are put on C{due} with the
     grace counted from the node's expiry; then the sessions due are taken
     off C{online}, and returned to the one caller that took them: that node
     calls C{ended}.  Each call does a bounded amount of work.
@@ -69,13 +70,17 @@ return 0
 """
 
 # KEYS: nodes, due, online.  ARGV: now, the grace in seconds, the most
-# sessions to handle, the prefix.  Returns the sessions that ended (the
-# caller calls ended for each).
+# sessions to handle, the prefix, 1 to take back the part of dead nodes (0:
+# only end the sessions due).  Returns the sessions that ended (the caller
+# calls ended for each).
 REAP = """
 local now = ARGV[1]
 local budget = tonumber(ARGV[3])
 local prefix = ARGV[4]
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, 10)
+local dead = {}
+if ARGV[5] == '1' then
+  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'WITHSCORES', 'LIMIT', 0, 10)
+end
 for i = 1, #dead, 2 do
   if budget <= 0 then
     break

@@ -192,6 +192,12 @@ class ClusterRegistry(SessionRegistry):
         self._rejoin = False
         # Sessions whose departure Redis has not heard of (it failed).
         self._leaveAgain: Dict[str, None] = {}
+        # Since when Redis answers this node without a break (None: it does
+        # not).  Dead nodes are reaped only by a node that has reached Redis
+        # for a time to live and a heartbeat: after an outage of Redis
+        # itself, every live node has beaten again by then, so none is
+        # taken for dead for the outage.
+        self._reachableSince: Optional[float] = None
         self.onlineKey = self.prefix + "online"
         self.dueKey = self.prefix + "due"
         self.demoKey = self.prefix + "demo"
@@ -657,10 +663,13 @@ class ClusterRegistry(SessionRegistry):
         """
         if not self.link.available():
             return None
+        now = self.reactor.seconds()
+        since = self._reachableSince
+        dead = since is not None and now - since >= self.ttl + self.heartbeat
         d = reapScript(
             self.link,
             [self.nodesKey, self.dueKey, self.onlineKey],
-            [repr(self.reactor.seconds()), repr(max(0.0, self.presenceGrace)), 1000, self.prefix],
+            [repr(now), repr(max(0.0, self.presenceGrace)), 1000, self.prefix, 1 if dead else 0],
         )
 
         def ended(sids: Any) -> None:
@@ -986,6 +995,8 @@ class ClusterRegistry(SessionRegistry):
         """
         The command connection is (again) up: publish what was held.
         """
+        if self._reachableSince is None:
+            self._reachableSince = self.reactor.seconds()
         if self._held:
             _log.info(
                 "Redis at {url} is reachable again: publishing {n} held messages",
@@ -1000,6 +1011,7 @@ class ClusterRegistry(SessionRegistry):
         backoff): say so, at most once per warning interval.
         """
         self.counters["redis_connect_failed"] += 1
+        self._reachableSince = None
         self._warn(
             "unreachable",
             "Redis at {url} is unreachable ({why}); local traffic goes on,"
@@ -1131,6 +1143,7 @@ class ClusterRegistry(SessionRegistry):
     def _beat(self) -> Optional[Deferred]:
         if not self.link.available():
             self._presenceDirty = True
+            self._reachableSince = None
             return None
         if self._held:
             self.flushHeld()
