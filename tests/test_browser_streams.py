@@ -5,17 +5,25 @@ L{tests.stream_handler} (a numbered stream of 50 messages a second to the
 page's session), while the server drops the page's TCP connection, refuses
 it for a while (an outage) and restarts (SPEC sections 11 and 12).
 
+And on C{--workers 2 --redis} (a private redis-server), with the numbered
+stream sent to the page's session through the HTTP API, while the worker
+that holds the page's connection is killed with SIGKILL
+(L{BrowserKilledWorkerTests}).
+
 C{tests/browser_streams_check.py} drives the browser, and starts, stops and
 starts again the daemon, in a child process and prints a JSON report; it
-runs once per test run and each test here checks one behaviour in that
-report.  If Chromium or Playwright is missing, every test here fails.
+runs once per scenario per test run and each test here checks one
+behaviour in that report.  If Chromium or Playwright is missing, every test
+here fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Dict, List
 
 from twisted.internet import reactor
@@ -23,10 +31,102 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.common import HERE, ROOT, TWISTD, CollectOutput, freePort
+from tests.redis_server import startRedis
 
 SCRIPT = os.path.join(HERE, "browser_streams_check.py")
 
 _report: Dict[str, Any] = {}
+
+
+@inlineCallbacks
+def _run(testCase: TestCase, config: Dict[str, Any], env: Dict[str, str]) -> Any:
+    """
+    Run the browser script with C{config}; fire with its report.
+    """
+    collect = CollectOutput()
+    transport = reactor.spawnProcess(
+        collect,
+        sys.executable,
+        [sys.executable, SCRIPT, json.dumps(config)],
+        env=env,
+        path=ROOT,
+    )
+
+    def stop() -> Deferred:
+        # Only if the browser script outlives its own bounded waits; it
+        # stops its daemon on SIGTERM.
+        if not collect.ended.called:
+            transport.signalProcess("TERM")
+        return collect.ended
+
+    testCase.addCleanup(stop)
+    killer = reactor.callLater(150, lambda: collect.ended.called or transport.signalProcess("TERM"))
+    code = yield collect.ended
+    if killer.active():
+        killer.cancel()
+    lines = collect.out.decode("utf-8", "replace").strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        report = {"error": f"no report (exit {code}): {collect.err.decode('utf-8', 'replace')[-2000:]}"}
+    return report
+
+
+@inlineCallbacks
+def _browseCluster(testCase: TestCase) -> Any:
+    """
+    The killed-worker scenario (L{tests.browser_streams_check.mainCluster})
+    on C{--workers 2 --redis} with a private Redis.
+    """
+    redis = yield startRedis(testCase)
+    folder = tempfile.mkdtemp(prefix="wsglue-browser-")
+    testCase.addCleanup(shutil.rmtree, folder, True)
+    keys = os.path.join(folder, "keys")
+    with open(keys, "w") as f:
+        f.write("browser-test-key\n")
+    os.chmod(keys, 0o600)
+    port, api = freePort(), freePort()
+    argv = [
+        sys.executable,
+        "-c",
+        TWISTD,
+        "--pidfile=",
+        "-n",
+        "wsglue",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--api",
+        f"tcp:{api}:interface=127.0.0.1",
+        "--api-key-file",
+        keys,
+        "--redis",
+        redis.url,
+        "--workers",
+        "2",
+        "--handler",
+        "tests.cluster_record_handler:Recording",
+        # The outage lasts a few seconds at 50 messages a second.
+        "--history-size",
+        "2000",
+        "--broadcast-interval",
+        "0",
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["RECORD_FILE"] = os.path.join(folder, "record")
+    hold = os.path.join(folder, "hold")
+    env["HOLD_FILE"] = hold
+    config = {
+        "cluster": True,
+        "argv": argv,
+        "port": port,
+        "api": f"http://127.0.0.1:{api}",
+        "key": "browser-test-key",
+        "cookie": "CookieName",
+        "hold": hold,
+    }
+    report = yield _run(testCase, config, env)
+    return report
 
 
 @inlineCallbacks
@@ -52,47 +152,23 @@ def _browse(testCase: TestCase) -> Any:
     env = dict(os.environ)
     # The daemon runs this checkout (and finds tests.stream_handler).
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    collect = CollectOutput()
-    transport = reactor.spawnProcess(
-        collect,
-        sys.executable,
-        [sys.executable, SCRIPT, json.dumps({"argv": argv, "port": port})],
-        env=env,
-        path=ROOT,
-    )
-
-    def stop() -> Deferred:
-        # Only if the browser script outlives its own bounded waits; it
-        # stops its daemon on SIGTERM.
-        if not collect.ended.called:
-            transport.signalProcess("TERM")
-        return collect.ended
-
-    testCase.addCleanup(stop)
-    killer = reactor.callLater(150, lambda: collect.ended.called or transport.signalProcess("TERM"))
-    code = yield collect.ended
-    if killer.active():
-        killer.cancel()
-    lines = collect.out.decode("utf-8", "replace").strip().splitlines()
-    try:
-        report = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        report = {"error": f"no report (exit {code}): {collect.err.decode('utf-8', 'replace')[-2000:]}"}
+    report = yield _run(testCase, {"argv": argv, "port": port}, env)
     return report
 
 
-def browserReport(testCase: TestCase) -> Deferred:
+def browserReport(testCase: TestCase, name: str = "report", browse: Any = _browse) -> Deferred:
     """
-    The report of the one browser run, made on first use.
+    The report of the one browser run of C{browse}, made on first use and
+    kept under C{name}.
     """
-    if "report" in _report:
+    if name in _report:
         d: Deferred = Deferred()
-        d.callback(_report["report"])
+        d.callback(_report[name])
         return d
-    d = _browse(testCase)
+    d = browse(testCase)
 
     def keep(report: Any) -> Any:
-        _report["report"] = report
+        _report[name] = report
         return report
 
     return d.addCallback(keep)
@@ -247,3 +323,78 @@ class BrowserStreamTests(TestCase):
         """
         end = self.get("outputEnd").splitlines()
         self.assertEqual(end[-2:], ["Disconnected!", "Not Connected!"])
+
+
+class BrowserKilledWorkerTests(TestCase):
+    """
+    The demo page on C{--workers 2 --redis}, receiving a numbered stream
+    from the HTTP API (so that the stream outlives any one worker), while
+    the worker that holds its connection is killed with SIGKILL: the page
+    resumes on a worker that is alive, and nothing is lost or doubled.
+    """
+
+    timeout = 180
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.report = yield browserReport(self, "cluster", _browseCluster)
+
+    get = BrowserStreamTests.get
+
+    def afterKill(self) -> List[str]:
+        return [line for line in self.get("outputAfterKill").splitlines() if not line.startswith("<== n ")]
+
+    def test_ranWithoutError(self) -> None:
+        """
+        Chromium ran the whole scenario: every wait was met, and the API
+        took every message of the stream.
+        """
+        self.assertIsNone(self.report.get("error"), self.report)
+        self.assertIsNone(self.report.get("producerError"), self.report)
+
+    def test_killedAWorker(self) -> None:
+        """
+        The process killed was a worker of the daemon (the page's reply
+        named it), and the page came back on a live one.
+        """
+        self.assertTrue(self.get("workerIsChild"))
+        self.assertNotEqual(self.get("pidAfter"), self.get("pidKilled"))
+
+    def test_resumed(self) -> None:
+        """
+        After the kill the page says it is reconnecting, then that it
+        resumed (Redis kept its streams): never that it resynced.
+        """
+        self.assertEqual(self.get("stateAfterKill"), "resumed")
+        lines = self.afterKill()
+        self.assertNotIn("Resynced: the server could not replay what was missed.", lines)
+        self.assertEqual(lines.count("Resumed: the messages missed meanwhile follow."), 1)
+        resumed = lines.index("Resumed: the messages missed meanwhile follow.")
+        self.assertEqual(lines[resumed - 1], "Connected!")
+        kill = lines.index("<== pid " + str(self.get("pidKilled")))
+        self.assertEqual(lines[kill + 1], "Disconnected!")
+
+    def test_everyMessageOnceInOrder(self) -> None:
+        """
+        Across the kill, the page shows every message of the stream once
+        and in order, from the first few to the last the API took,
+        including those sent while it was offline.
+        """
+        shown = numbers(self.get("outputAfterKill"))
+        self.assertTrue(shown, "no stream message shown")
+        # The producer starts once the page is connected: its first
+        # messages already have a stream to go to.
+        self.assertEqual(shown, list(range(1, self.get("sent") + 1)))
+        self.assertGreater(self.get("sentWhileOffline"), self.get("killedAfter"))
+
+    def test_typedWhileOfflineOnce(self) -> None:
+        """
+        Messages typed while the page was offline are logged as kept, then
+        sent on resume and taken once each, counted across every worker.
+        """
+        offline = self.get("outputWhileOffline").splitlines()
+        for i in (1, 2, 3):
+            self.assertIn(f"==> typed {i} (kept: sent once reconnected)", offline)
+        after = self.get("outputAfterKill").splitlines()
+        for i in (1, 2, 3):
+            self.assertIn(f"<== count typed {i} = 1", after)

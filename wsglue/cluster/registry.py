@@ -41,6 +41,7 @@ other nodes.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
@@ -63,14 +64,12 @@ from wsglue.cluster.envelope import (
     newNodeId,
 )
 from wsglue.cluster.link import IRedisLink, RedisUnavailable, TxRedisLink
+from wsglue.cluster.presence import joinScript, leaveScript, reapScript
 from wsglue.cluster.redisurl import RedisURL
 from wsglue.cluster.streams import (
     appendScript,
-    endScript,
     gapOf,
-    joinScript,
     leadScript,
-    leaveScript,
     openScript,
     takeScript,
     text,
@@ -184,9 +183,23 @@ class ClusterRegistry(SessionRegistry):
         # Presence cluster-wide (see watchPresence).
         self._clusterStarted: Optional[Callable[[str], None]] = None
         self._clusterEnded: Optional[Callable[[str], None]] = None
-        self._departures = 0
-        self._graceCalls: Dict[str, Any] = {}
+        # When the graces of the sessions that left here are over (a heap),
+        # and the one timer that reaps at the earliest (see _left).
+        self._graces: List[float] = []
+        self._reapCall: Any = None
+        # Presence must be written again for every session held here (Redis
+        # took this node for dead, lost its keys, or a join failed).
+        self._rejoin = False
+        # Sessions whose departure Redis has not heard of (it failed).
+        self._leaveAgain: Dict[str, None] = {}
+        # Since when Redis answers this node without a break (None: it does
+        # not).  Dead nodes are reaped only by a node that has reached Redis
+        # for a time to live and a heartbeat: after an outage of Redis
+        # itself, every live node has beaten again by then, so none is
+        # taken for dead for the outage.
+        self._reachableSince: Optional[float] = None
         self.onlineKey = self.prefix + "online"
+        self.dueKey = self.prefix + "due"
         self.demoKey = self.prefix + "demo"
 
     # -- names ---------------------------------------------------------------
@@ -251,8 +264,14 @@ class ClusterRegistry(SessionRegistry):
         self._flushing = None
         d: Deferred = defer.succeed(None)
         if self.link.available():
+            # Expired now rather than removed: whatever presence it still
+            # holds (a departure that did not reach Redis) is taken back by
+            # the next node that reaps, the grace counted from now.
             d = defer.gatherResults(
-                [self.link.execute("DEL", self.nodeKey()), self.link.execute("ZREM", self.nodesKey, self.nodeId)],
+                [
+                    self.link.execute("DEL", self.nodeKey()),
+                    self.link.execute("ZADD", self.nodesKey, "XX", repr(self.reactor.seconds()), self.nodeId),
+                ],
                 consumeErrors=True,
             )
             d.addTimeout(2, self.reactor)
@@ -542,8 +561,12 @@ class ClusterRegistry(SessionRegistry):
         """
         return self.streamed or self._clusterStarted is not None
 
-    def _presenceKeys(self, sid: str) -> List[str]:
-        return [self.prefix + "pc:" + sid, self.prefix + "pg:" + sid]
+    def presenceKey(self, nodeId: Optional[str] = None) -> str:
+        """
+        The Redis set of the sessions whose presence node C{nodeId} holds
+        (see L{wsglue.cluster.presence}).
+        """
+        return f"{self.prefix}pn:{nodeId or self.nodeId}"
 
     def _presenceFailed(self, f: Failure) -> None:
         self.counters["redis_presence_failed"] += 1
@@ -554,43 +577,126 @@ class ClusterRegistry(SessionRegistry):
         )
 
     def _joined(self, sid: str) -> None:
-        call = self._graceCalls.pop(sid, None)
-        if call is not None and call.active():
-            call.cancel()
-        count, grace = self._presenceKeys(sid)
-        d = joinScript(self.link, [count, grace, self.onlineKey], [sid])
+        self._leaveAgain.pop(sid, None)
+        self._join([sid])
 
-        def opened(first: Any) -> None:
-            if int(first) and self._clusterStarted is not None:
-                self._clusterStarted(sid)
+    def _join(self, sids: List[str]) -> None:
+        """
+        Tell Redis this node holds C{sids}; call C{started} for those that
+        were not online.
+        """
+        expires = repr(self.reactor.seconds() + self.ttl)
+        d = joinScript(
+            self.link,
+            [self.presenceKey(), self.onlineKey, self.dueKey, self.nodesKey],
+            [self.nodeId, expires, self.prefix, *sids],
+        )
 
-        d.addCallbacks(opened, self._presenceFailed)
+        def joined(answer: Any) -> None:
+            if not isinstance(answer, list) or not answer:
+                return
+            if int(answer[0]):
+                # This node was not among the live ones: it is new, or it
+                # was taken for dead (and its part reaped), or Redis lost
+                # its keys.  Whatever it holds is written again.
+                self._rejoin = True
+            if self._clusterStarted is not None:
+                for started in _strings(answer[1:]):
+                    _tell(self._clusterStarted, started)
+
+        def failed(f: Failure) -> None:
+            self._rejoin = True
+            self._presenceFailed(f)
+
+        d.addCallbacks(joined, failed)
 
     def _left(self, sid: str) -> None:
-        self._departures += 1
-        token = f"{self.nodeId}.{self._departures}"
         grace = max(0.0, self.presenceGrace)
-        d = leaveScript(self.link, self._presenceKeys(sid), [token, int(grace * 1000) + 60_000])
+        due = self.reactor.seconds() + grace
+        d = leaveScript(
+            self.link,
+            [self.prefix + "ph:" + sid, self.presenceKey(), self.dueKey],
+            [sid, self.nodeId, repr(due)],
+        )
 
         def last(gone: Any) -> None:
-            if not int(gone):
+            if not int(gone or 0):
                 return
             if grace <= 0:
-                self._graceOver(sid, token)
+                self._reap()
             elif not self._stopped:
-                self._graceCalls[sid] = self.reactor.callLater(grace, self._graceOver, sid, token)
+                self._reapAt(due)
 
-        d.addCallbacks(last, self._presenceFailed)
+        def failed(f: Failure) -> None:
+            self._leaveAgain[sid] = None
+            self._presenceFailed(f)
 
-    def _graceOver(self, sid: str, token: str) -> None:
-        self._graceCalls.pop(sid, None)
-        d = endScript(self.link, [self._presenceKeys(sid)[1], self.onlineKey], [token, sid])
+        d.addCallbacks(last, failed)
 
-        def ended(yes: Any) -> None:
-            if int(yes) and self._clusterEnded is not None:
-                self._clusterEnded(sid)
+    def _reapAt(self, due: float) -> None:
+        """
+        Reap when C{due} has come: one timer for the earliest grace.
+        """
+        heapq.heappush(self._graces, due)
+        call = self._reapCall
+        if call is not None and call.active() and call.getTime() <= due:
+            return
+        if call is not None and call.active():
+            call.cancel()
+        self._reapCall = self.reactor.callLater(max(0.0, due - self.reactor.seconds()), self._gracesOver)
+
+    def _gracesOver(self) -> None:
+        self._reapCall = None
+        now = self.reactor.seconds()
+        graces = self._graces
+        while graces and graces[0] <= now:
+            heapq.heappop(graces)
+        self._reap()
+        if graces and not self._stopped:
+            self._reapCall = self.reactor.callLater(max(0.0, graces[0] - now), self._gracesOver)
+
+    def _reap(self) -> Optional[Deferred]:
+        """
+        Take back the presence of dead nodes, and end the sessions whose
+        grace is over, wherever they left (see L{wsglue.cluster.presence}):
+        C{ended} is called here for those this node took.
+        """
+        if not self.link.available():
+            return None
+        now = self.reactor.seconds()
+        since = self._reachableSince
+        dead = since is not None and now - since >= self.ttl + self.heartbeat
+        d = reapScript(
+            self.link,
+            [self.nodesKey, self.dueKey, self.onlineKey],
+            [repr(now), repr(max(0.0, self.presenceGrace)), 1000, self.prefix, 1 if dead else 0],
+        )
+
+        def ended(sids: Any) -> None:
+            if not isinstance(sids, list) or self._clusterEnded is None:
+                return
+            for sid in _strings(sids):
+                _tell(self._clusterEnded, sid)
 
         d.addCallbacks(ended, self._presenceFailed)
+        return d
+
+    def _presenceAgain(self) -> None:
+        """
+        At a heartbeat: write presence again for every session held here if
+        it may be missing, and the departures that failed.
+        """
+        if not self._presenceKept():
+            return
+        if self._rejoin:
+            self._rejoin = False
+            sids = self.sessions()
+            for i in range(0, len(sids), 500):
+                self._join(sids[i : i + 500])
+        again, self._leaveAgain = self._leaveAgain, {}
+        for sid in again:
+            if sid not in self._sessions:
+                self._left(sid)
 
     def online(self, sid: str) -> Any:  # type: ignore[override]
         """
@@ -614,10 +720,11 @@ class ClusterRegistry(SessionRegistry):
 
     def stopTimers(self) -> None:
         SessionRegistry.stopTimers(self)
-        calls, self._graceCalls = self._graceCalls, {}
-        for call in calls.values():
-            if call.active():
-                call.cancel()
+        call, self._reapCall = self._reapCall, None
+        if call is not None and call.active():
+            call.cancel()
+        # The graces still running end on whichever node reaps next.
+        self._graces = []
 
     # -- the demo broadcast ---------------------------------------------------
 
@@ -888,6 +995,8 @@ class ClusterRegistry(SessionRegistry):
         """
         The command connection is (again) up: publish what was held.
         """
+        if self._reachableSince is None:
+            self._reachableSince = self.reactor.seconds()
         if self._held:
             _log.info(
                 "Redis at {url} is reachable again: publishing {n} held messages",
@@ -902,6 +1011,7 @@ class ClusterRegistry(SessionRegistry):
         backoff): say so, at most once per warning interval.
         """
         self.counters["redis_connect_failed"] += 1
+        self._reachableSince = None
         self._warn(
             "unreachable",
             "Redis at {url} is unreachable ({why}); local traffic goes on,"
@@ -1033,6 +1143,7 @@ class ClusterRegistry(SessionRegistry):
     def _beat(self) -> Optional[Deferred]:
         if not self.link.available():
             self._presenceDirty = True
+            self._reachableSince = None
             return None
         if self._held:
             self.flushHeld()
@@ -1054,8 +1165,15 @@ class ClusterRegistry(SessionRegistry):
                 ds[0].addCallback(self._checkExpire)
             ds.extend(self._keepStreams())
             now = self.reactor.seconds()
-            ds.append(self.link.execute("ZADD", self.nodesKey, repr(now + self.ttl), self.nodeId))
-            ds.append(self.link.execute("ZREMRANGEBYSCORE", self.nodesKey, "-inf", repr(now)))
+            alive = self.link.execute("ZADD", self.nodesKey, repr(now + self.ttl), self.nodeId)
+            alive.addCallback(self._stillAlive)
+            ds.append(alive)
+            # Dead nodes go (their presence taken back), and the graces
+            # that are over end, whichever node they began on.
+            reaped = self._reap()
+            if reaped is not None:
+                ds.append(reaped)
+            self._presenceAgain()
         except Exception:
             self._presenceDirty = True
             return None
@@ -1081,6 +1199,13 @@ class ClusterRegistry(SessionRegistry):
             for i in range(0, len(sids), 250)
         ]
 
+    def _stillAlive(self, added: Any) -> None:
+        # 1: this node was not among the live ones (its first heartbeat,
+        # or it was taken for dead, or Redis lost its keys): its presence
+        # is written again at the next heartbeat.
+        if int(added or 0) and len(self):
+            self._rejoin = True
+
     def _checkExpire(self, result: Any) -> None:
         # 0: our set is missing (Redis restarted, or it expired); if we hold
         # sessions, write it in full at the next heartbeat.
@@ -1099,6 +1224,17 @@ class ClusterRegistry(SessionRegistry):
         if f.check(RedisUnavailable):
             return f
         return Failure(RedisUnavailable(f.getErrorMessage()))
+
+
+def _tell(watcher: Callable[[str], None], sid: str) -> None:
+    """
+    Call a presence watcher; an error is logged, and the other sessions of
+    the same answer are still told.
+    """
+    try:
+        watcher(sid)
+    except Exception:
+        _log.failure("presence watcher failed for {sid}", sid=sid)
 
 
 def _notSubscribed(result: Any, timeout: float) -> Any:
