@@ -170,45 +170,6 @@ return #KEYS
 """
 
 
-# Presence.  KEYS: the session's count of processes holding it, its grace
-# key, the set of present sessions.  ARGV: the session id.  Returns 1 when
-# this opened the session anywhere (not a return within the grace).
-JOIN = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
-  if redis.call('DEL', KEYS[2]) == 1 then
-    return 0
-  end
-  redis.call('SADD', KEYS[3], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: count, grace key.  ARGV: a token naming this departure, the grace
-# key's life in ms.  Returns 1 when the session has no process left (its
-# grace starts: whoever holds the token ends it, see END).
-LEAVE = """
-local n = redis.call('DECR', KEYS[1])
-if n <= 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: grace key, present set.  ARGV: the token, the session id.  Returns
-# 1 when the grace ran out with no return: the session ended.
-END = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
 # KEYS: the demo broadcast's lock.  ARGV: this process's id, ms.  Returns 1
 # when this process holds it (takes it, or keeps it).
 LEAD = """
@@ -251,9 +212,6 @@ appendScript = Script(APPEND)
 openScript = Script(OPEN)
 takeScript = Script(TAKE)
 touchScript = Script(TOUCH)
-joinScript = Script(JOIN)
-leaveScript = Script(LEAVE)
-endScript = Script(END)
 leadScript = Script(LEAD)
 
 
@@ -280,4 +238,4 @@ def gapOf(flat: Optional[List[Any]]) -> Gap:
     return out
 
 
-__all__ = ["APPEND", "END", "JOIN", "LEAD", "LEAVE", "OPEN", "TAKE", "TOUCH", "Gap", "Script", "gapOf", "text"]
+__all__ = ["APPEND", "LEAD", "OPEN", "TAKE", "TOUCH", "Gap", "Script", "gapOf", "text"]
