@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +57,7 @@ from bench.__main__ import (
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "driver.js")
 STREAM = "bench:ingress"
+PHASES = ("publish", "batch", "burst", "steady")
 GROUP = "gateways"
 
 
@@ -92,9 +91,10 @@ class Daemon:
     C{--redis}; the API on its own port and a C{--source} on the stream.
     """
 
-    def __init__(self, name: str, workers: int, folder: str) -> None:
+    def __init__(self, name: str, workers: int, folder: str, profile: Optional[str] = None) -> None:
         self.name = name
         self.workers = workers
+        self.profile = profile
         self.port, self.apiPort, self.redisPort = freePort(), freePort(), freePort()
         self.key = "bench-" + os.urandom(12).hex()
         self.keyFile = os.path.join(folder, f"{name}.keys")
@@ -153,6 +153,10 @@ class Daemon:
             self.argv += ["--workers", str(self.workers), "--redis", redisURL]
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        if self.profile:
+            # cProfile in each process, from start to exit (sitecustomize).
+            env["PYTHONPATH"] = os.path.join(HERE, "profiling") + os.pathsep + env["PYTHONPATH"]
+            env["WSGLUE_BENCH_PROFILE"] = self.profile
         self.child = Child(self.name, [sys.executable, "-c", TWISTD, *self.argv], env=env)
         self.child.waitForLine("started websocket server at", 30)
         for _ in range(self.workers):
@@ -203,7 +207,6 @@ class Run:
 
     @contextmanager
     def measured(self, label: str) -> Iterator[None]:
-        profiler = self._startProfile(label)
         meter = CpuMeter(self.daemon.pids, lambda: [self.driver.pid])
         t0, r0 = time.monotonic(), cpuSeconds(self.daemon.redisPids())
         try:
@@ -214,7 +217,6 @@ class Run:
             self.figures[f"{label}_driver_cpu_pct"] = shares["load_cpu_pct"]
             wall = max(time.monotonic() - t0, 1e-6)
             self.figures[f"{label}_redis_cpu_pct"] = 100 * (cpuSeconds(self.daemon.redisPids()) - r0) / wall
-            self._stopProfile(profiler)
 
     def run(self) -> Dict[str, Any]:
         c = self.config
@@ -222,53 +224,68 @@ class Run:
         self.figures["sessions"] = opened["held"]
         if opened["held"] < c.sessions:
             raise BenchError(f"{self.daemon.name}: only {opened['held']} of {c.sessions} clients opened")
-        timeout = c.seconds + c.drain + 60
-        with self.measured("publish"):
-            r = self.driver.command(
-                timeout,
-                cmd="publish",
-                seconds=c.seconds,
-                connections=c.connections,
-                size=c.size,
-                capacity=int(c.seconds * 50000) + 1000,
-                drain=c.drain,
-            )
+        for phase in c.phases:
+            with self.measured(phase):
+                getattr(self, phase)()
+        errors = metric(self.daemon.apiPort, "wsglue_redis_errors_total")
+        self.figures["redis_errors"] = sum(errors.values())
+        dead = metric(self.daemon.apiPort, "wsglue_source_entries_total")
+        self.figures["source_dead"] = dead.get('{result="dead"}', 0.0)
+        return self.figures
+
+    def publish(self) -> None:
+        c = self.config
+        r = self.driver.command(
+            c.seconds + c.drain + 60,
+            cmd="publish",
+            seconds=c.seconds,
+            connections=c.connections,
+            size=c.size,
+            capacity=int(c.seconds * 50000) + 1000,
+            drain=c.drain,
+        )
         self._closedLoop("publish", r)
         self.figures["publish_requests_per_s"] = r["requests_per_s"]
-        with self.measured("batch"):
-            r = self.driver.command(
-                timeout,
-                cmd="batch",
-                seconds=c.seconds,
-                connections=c.batch_connections,
-                messages=c.batch,
-                size=c.size,
-                capacity=int(c.seconds * 400000) + 2 * c.batch * c.batch_connections,
-                drain=c.drain,
-            )
+
+    def batch(self) -> None:
+        c = self.config
+        r = self.driver.command(
+            c.seconds + c.drain + 60,
+            cmd="batch",
+            seconds=c.seconds,
+            connections=c.batch_connections,
+            messages=c.batch,
+            size=c.size,
+            capacity=int(c.seconds * 400000) + 2 * c.batch * c.batch_connections,
+            drain=c.drain,
+        )
         self._closedLoop("batch", r)
         self.figures["batch_requests_per_s"] = r["requests_per_s"]
         self.figures["batch_messages_per_s"] = r["messages_per_s"]
-        with self.measured("burst"):
-            r = self.driver.command(
-                c.burst_drain + 120, cmd="burst", n=c.burst, size=c.size, group=GROUP, drain=c.burst_drain
-            )
+
+    def burst(self) -> None:
+        c = self.config
+        r = self.driver.command(
+            c.burst_drain + 120, cmd="burst", n=c.burst, size=c.size, group=GROUP, drain=c.burst_drain
+        )
         self.raw["burst"] = r
         self.figures["burst_entries"] = r["entries"]
         self.figures["burst_entries_per_s"] = r["entries_per_s"]
         self.figures["burst_last_ms"] = r["last_ms"]
         self.figures["burst_missing"] = r["missing"]
         self.figures["burst_duplicates"] = r["duplicates"]
-        with self.measured("steady"):
-            r = self.driver.command(
-                c.steady_seconds + c.drain + 60,
-                cmd="steady",
-                rate=c.rate,
-                seconds=c.steady_seconds,
-                size=c.size,
-                group=GROUP,
-                drain=c.drain,
-            )
+
+    def steady(self) -> None:
+        c = self.config
+        r = self.driver.command(
+            c.steady_seconds + c.drain + 60,
+            cmd="steady",
+            rate=c.rate,
+            seconds=c.steady_seconds,
+            size=c.size,
+            group=GROUP,
+            drain=c.drain,
+        )
         self.raw["steady"] = r
         self.figures["steady_rate"] = r["rate"]
         self.figures["steady_entries"] = r["produced"]
@@ -278,11 +295,6 @@ class Run:
         state = r["group_at_end"] or {}
         self.figures["steady_backlog_at_end"] = (state.get("lag") or 0) + (state.get("pending") or 0)
         self.figures["steady_drained_ms"] = r["drained_ms"]
-        errors = metric(self.daemon.apiPort, "wsglue_redis_errors_total")
-        self.figures["redis_errors"] = sum(errors.values())
-        dead = metric(self.daemon.apiPort, "wsglue_source_entries_total")
-        self.figures["source_dead"] = dead.get('{result="dead"}', 0.0)
-        return self.figures
 
     def _closedLoop(self, label: str, r: Dict[str, Any]) -> None:
         self.raw[label] = r
@@ -296,31 +308,30 @@ class Run:
         for k in ("p50_ms", "p99_ms", "max_ms"):
             f[f"{label}_{k}"] = r[k]
 
-    def _startProfile(self, label: str) -> Optional[Child]:
-        if not self.config.profile:
-            return None
-        os.makedirs(self.config.profile, exist_ok=True)
-        pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-        out = os.path.join(self.config.profile, f"{self.daemon.name}-{label}.txt")
-        assert self.daemon.child is not None
-        argv = [pyspy, "record", "--format", "raw", "--subprocesses", "--nonblocking", "--rate", "200"]
-        child = Child("py-spy", [*argv, "-o", out, "--pid", str(self.daemon.child.pid)])
-        time.sleep(0.5)  # let py-spy attach before the phase starts
-        return child
-
-    def _stopProfile(self, child: Optional[Child]) -> None:
-        if child is not None and child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGINT)
-            try:
-                child.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                child.stop()
-
     def stop(self) -> None:
         self.driver.stop()
 
 
 # -- reporting ----------------------------------------------------------------
+
+
+def summarise(folder: str, top: int = 40) -> None:
+    """
+    Next to each C{PID.prof} of C{folder}, C{PID.txt}: the functions that
+    took the most time themselves, then with what they called.
+    """
+    import io
+    import pstats
+
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".prof"):
+            continue
+        out = io.StringIO()
+        stats = pstats.Stats(os.path.join(folder, name), stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+        with open(os.path.join(folder, name[: -len(".prof")] + ".txt"), "w") as f:
+            f.write(out.getvalue())
 
 
 def formatTable(figures: Dict[str, Dict[str, Any]], names: Sequence[str]) -> str:
@@ -370,7 +381,12 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--steady-seconds", type=float, default=20.0, help="steady: seconds of production")
     p.add_argument("--drain", type=float, default=15.0, help="seconds to wait for stragglers after the load")
     p.add_argument("--burst-drain", type=float, default=120.0, help="seconds to wait for the backlog")
-    p.add_argument("--profile", metavar="DIR", help="py-spy the daemon's processes into DIR, a file per phase")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile each process of the daemons from start to exit: DIR/<daemon>/<pid>.prof and a summary .txt",
+    )
+    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of " + ", ".join(PHASES))
     p.add_argument("--output", default=os.path.join(os.path.dirname(HERE), "results"), help="folder for the JSON")
     config = p.parse_args(argv)
     if config.smoke:
@@ -378,6 +394,10 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         config.rate, config.steady_seconds, config.drain, config.burst_drain = 500, 1.0, 10.0, 20.0
     if config.workers < 2:
         p.error("--workers must be 2 or more")
+    config.phases = [x.strip() for x in config.phases.split(",") if x.strip()]
+    for phase in config.phases:
+        if phase not in PHASES:
+            p.error(f"unknown phase {phase!r}; choose from {', '.join(PHASES)}")
     return config
 
 
@@ -399,7 +419,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wsglue-ingress-") as folder:
         for name, workers in daemons:
             sys.stderr.write(f"bench.ingress: {name}\n")
-            daemon = Daemon(name, workers, folder)
+            profile = os.path.abspath(os.path.join(config.profile, name)) if config.profile else None
+            if profile:
+                os.makedirs(profile, exist_ok=True)
+            daemon = Daemon(name, workers, folder, profile)
             commands[name] = ["twistd", *daemon.argv[1:]]
             run = None
             try:
@@ -410,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if run is not None:
                     run.stop()
                 daemon.stop()
+                if profile:
+                    summarise(profile)
     load["loadavg_at_end"] = os.getloadavg()
     names = [name for name, _ in daemons]
     result = {
