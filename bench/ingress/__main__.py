@@ -91,8 +91,9 @@ class Daemon:
     C{--redis}; the API on its own port and a C{--source} on the stream.
     """
 
-    def __init__(self, name: str, workers: int, folder: str, profile: Optional[str] = None) -> None:
+    def __init__(self, name: str, workers: int, folder: str, profile: Optional[str] = None, tree: str = ROOT) -> None:
         self.name = name
+        self.tree = tree
         self.workers = workers
         self.profile = profile
         self.port, self.apiPort, self.redisPort = freePort(), freePort(), freePort()
@@ -152,7 +153,7 @@ class Daemon:
         if self.workers > 1:
             self.argv += ["--workers", str(self.workers), "--redis", redisURL]
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = self.tree + os.pathsep + env.get("PYTHONPATH", "")
         if self.profile:
             # cProfile in each process, from start to exit (sitecustomize).
             env["PYTHONPATH"] = os.path.join(HERE, "profiling") + os.pathsep + env["PYTHONPATH"]
@@ -386,6 +387,13 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="DIR",
         help="cProfile each process of the daemons from start to exit: DIR/<daemon>/<pid>.prof and a summary .txt",
     )
+    p.add_argument(
+        "--wsglue-tree",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also run the daemons from the wsglue checkout at PATH, named NAME-LABEL (to compare two trees)",
+    )
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of " + ", ".join(PHASES))
     p.add_argument("--output", default=os.path.join(os.path.dirname(HERE), "results"), help="folder for the JSON")
     config = p.parse_args(argv)
@@ -394,6 +402,12 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         config.rate, config.steady_seconds, config.drain, config.burst_drain = 500, 1.0, 10.0, 20.0
     if config.workers < 2:
         p.error("--workers must be 2 or more")
+    config.trees = []
+    for spec in config.wsglue_tree:
+        label, _, path = spec.partition("=")
+        if not (label and os.path.isfile(os.path.join(path, "wsglue", "__init__.py"))):
+            p.error(f"--wsglue-tree: expected LABEL=PATH of a wsglue checkout, not {spec!r}")
+        config.trees.append((label, os.path.abspath(path)))
     config.phases = [x.strip() for x in config.phases.split(",") if x.strip()]
     for phase in config.phases:
         if phase not in PHASES:
@@ -406,23 +420,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     ensureNodeModules(LOAD)
-    daemons = [("wsglue", 1), (f"wsglue-workers{config.workers}", config.workers)]
+    kinds = [("wsglue", 1), (f"wsglue-workers{config.workers}", config.workers)]
     if config.only == "single":
-        daemons = daemons[:1]
+        kinds = kinds[:1]
     elif config.only == "workers":
-        daemons = daemons[1:]
+        kinds = kinds[1:]
+    # Each kind with this checkout, then with each --wsglue-tree.
+    daemons = [(name, workers, ROOT) for name, workers in kinds]
+    for label, tree in config.trees:
+        daemons += [(f"{name}-{label}", workers, tree) for name, workers in kinds]
     figures: Dict[str, Dict[str, Any]] = {}
     raw: Dict[str, Any] = {}
     commands: Dict[str, List[str]] = {}
     load = {"loadavg_at_start": os.getloadavg()}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wsglue-ingress-") as folder:
-        for name, workers in daemons:
+        for name, workers, tree in daemons:
             sys.stderr.write(f"bench.ingress: {name}\n")
             profile = os.path.abspath(os.path.join(config.profile, name)) if config.profile else None
             if profile:
                 os.makedirs(profile, exist_ok=True)
-            daemon = Daemon(name, workers, folder, profile)
+            daemon = Daemon(name, workers, folder, profile, tree)
             commands[name] = ["twistd", *daemon.argv[1:]]
             run = None
             try:
@@ -436,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if profile:
                     summarise(profile)
     load["loadavg_at_end"] = os.getloadavg()
-    names = [name for name, _ in daemons]
+    names = [name for name, _, _ in daemons]
     result = {
         "started": started,
         "seconds": time.monotonic() - t0,
