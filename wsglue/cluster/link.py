@@ -226,8 +226,6 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
     # Built in a function so that txredisapi is imported only with --redis.
     import txredisapi
 
-    from wsglue.cluster.resp import fastProtocol
-
     class CommandFactory(txredisapi.RedisFactory):
         """
         txredisapi's factory, telling the link when a command connection
@@ -238,9 +236,6 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
             txredisapi.RedisFactory.addConnection(self, conn)
             if conn in self.pool:
                 link.commandsUp()
-
-    # Commands encoded in one pass (wsglue.cluster.resp): one per message.
-    CommandFactory.protocol = fastProtocol(txredisapi.RedisProtocol)
 
     return CommandFactory(
         None,

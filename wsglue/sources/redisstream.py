@@ -534,16 +534,11 @@ def _factory(source: RedisStreamSource) -> Any:
     # Built in a function so that txredisapi is imported only with a source.
     import txredisapi
 
-    from wsglue.cluster.resp import fastProtocol
-
     class SourceFactory(txredisapi.RedisFactory):  # type: ignore[misc]
         def addConnection(self, conn: Any) -> None:
             txredisapi.RedisFactory.addConnection(self, conn)
             if conn in self.pool:
                 source.connected()
-
-    # Commands encoded in one pass (wsglue.cluster.resp): an XACK of 100 ids.
-    SourceFactory.protocol = fastProtocol(txredisapi.RedisProtocol)
 
     url = source.spec.url
     return SourceFactory(
