@@ -154,6 +154,9 @@ class Daemon:
             self.argv += ["--workers", str(self.workers), "--redis", redisURL]
         env = dict(os.environ)
         env["PYTHONPATH"] = self.tree + os.pathsep + env.get("PYTHONPATH", "")
+        # `python -c` would put its working folder (this checkout) first on
+        # sys.path, before the tree under test (--wsglue-tree).
+        env["PYTHONSAFEPATH"] = "1"
         if self.profile:
             # cProfile in each process, from start to exit (sitecustomize).
             env["PYTHONPATH"] = os.path.join(HERE, "profiling") + os.pathsep + env["PYTHONPATH"]
