@@ -259,14 +259,17 @@ class ApiResource(Resource):
     @defer.inlineCallbacks
     def postBatch(self, request: Any) -> Any:
         items = self._batch(request)
-        results: List[Dict[str, Any]] = []
-        for sid, data in items:
-            if sid is None:
-                done = yield self.delivery.broadcast(data)
-            else:
-                done = yield self.delivery.send(sid, data)
-            results.append(_delivered(done))
-        return {"results": results}
+        # Every message is handed over, in order, before any answer is
+        # awaited, as consecutive registry.send calls are: with --redis they
+        # go down the one command connection in that order, without a round
+        # trip to Redis between one and the next (awaiting each made a
+        # batch of 1,000 take 1,000 round trips).
+        sends = [self.delivery.broadcast(data) if sid is None else self.delivery.send(sid, data) for sid, data in items]
+        try:
+            done = yield defer.gatherResults(sends, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        return {"results": [_delivered(d) for d in done]}
 
     @defer.inlineCallbacks
     def getSessions(self, request: Any) -> Any:
