@@ -121,6 +121,115 @@ class ImmediateWriteTests(SynchronousTestCase):
         self.assertEqual(_readAll(theirs), b"")
 
 
+class _Answering(Protocol):
+    """
+    Answers each read with three writes, and records what the peer had
+    received when each was made.
+    """
+
+    def __init__(self, theirs: socket.socket) -> None:
+        self.theirs = theirs
+        self.seenByPeer: List[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        for part in (b"reply:", data, b";ack"):
+            self.transport.write(part)
+            self.seenByPeer.append(_readAll(self.theirs))
+
+
+class HeldWritesTests(SynchronousTestCase):
+    """
+    While the protocol handles one read, L{ImmediateWriteServer} holds its
+    writes and sends them together when it returns: one C{send()} per read.
+    """
+
+    def _sentSegments(self, transport: Any) -> List[bytes]:
+        sent: List[bytes] = []
+        realSocket = transport.socket
+
+        class Counting:
+            def send(self, data: Any) -> int:
+                sent.append(bytes(data))
+                return int(realSocket.send(data))
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(realSocket, name)
+
+        transport.socket = Counting()
+        return sent
+
+    def test_oneSendPerRead(self) -> None:
+        """
+        The writes a read causes leave in one C{send()}, in order, once the
+        protocol has returned, not before.
+        """
+        transport, theirs, memory = _transport(self)
+        protocol = _Answering(theirs)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        sent = self._sentSegments(transport)
+        transport._dataReceived(b"ping")
+        self.assertEqual(protocol.seenByPeer, [b"", b"", b""])
+        self.assertEqual(sent, [b"reply:ping;ack"])
+        self.assertEqual(_readAll(theirs), b"reply:ping;ack")
+        self.assertNotIn(transport, memory.getWriters())
+
+    def test_writesOutsideAReadAreImmediate(self) -> None:
+        """
+        Once the read is handled, a write goes to the kernel at once again.
+        """
+        transport, theirs, memory = _transport(self)
+        protocol = _Answering(theirs)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        transport._dataReceived(b"x")
+        _readAll(theirs)
+        transport.write(b"later")
+        self.assertEqual(_readAll(theirs), b"later")
+
+    def test_heldWritesSentWhenTheProtocolRaises(self) -> None:
+        """
+        Writes made before the protocol raised still leave, and the error
+        reaches Twisted as before.
+        """
+        transport, theirs, memory = _transport(self)
+
+        class Failing(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(b"partial")
+                raise ValueError("broken handler")
+
+        transport.protocol = failing = Failing()
+        failing.makeConnection(transport)
+        self.assertRaises(ValueError, transport._dataReceived, b"x")
+        self.assertEqual(_readAll(theirs), b"partial")
+
+    def test_heldBehindBufferedData(self) -> None:
+        """
+        Held writes queue behind data the kernel had not taken yet.
+        """
+        transport, theirs, memory = _transport(self, sendBuffer=4096)
+
+        class Writing(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                for part in (b"reply:", data, b";ack"):
+                    self.transport.write(part)
+
+        transport.protocol = writing = Writing()
+        writing.makeConnection(transport)
+        big = bytes(range(256)) * 4096
+        transport.write(big)
+        transport._dataReceived(b"q")
+        received = [_readAll(theirs)]
+        for _ in range(100000):
+            if transport not in memory.getWriters():
+                break
+            transport.doWrite()
+            received.append(_readAll(theirs))
+        received.append(_readAll(theirs))
+        self.assertEqual(b"".join(received), big + b"reply:q;ack")
+
+
 class UseImmediateWritesTests(TestCase):
     """
     L{useImmediateWrites} switches TCP ports, and wsglue's listening port

@@ -17,7 +17,7 @@ L{useImmediateWrites} switches a listening TCP port to it.
 from __future__ import annotations
 
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
@@ -28,9 +28,34 @@ _RETRY_LATER = (EAGAIN, EWOULDBLOCK, ENOBUFS)
 class ImmediateWriteServer(tcp.Server):
     """
     A L{tcp.Server} whose C{write} sends at once when its buffer is empty.
+
+    While the protocol handles what one read brought, writes are held and
+    handed to the kernel together when it returns: one C{send()} per read
+    rather than one per frame (a C{wsglue.v1} message is answered with its
+    reply and its ack; a client that sends several frames at once gets
+    every answer in one segment).  They still leave in the same reactor
+    turn, in the order they were written.
     """
 
+    # The writes held while the protocol handles a read; None otherwise.
+    _held: Optional[List[bytes]] = None
+
+    def _dataReceived(self, data: Optional[bytes]) -> Any:
+        held: List[bytes] = []
+        self._held = held
+        try:
+            return tcp.Server._dataReceived(self, data)
+        finally:
+            self._held = None
+            if held:
+                self.write(held[0] if len(held) == 1 else b"".join(held))
+
     def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            if data:
+                held.append(data)
+            return
         # Anything already buffered must go first, TLS started on this
         # transport has its own layer, and a closed or half-closed
         # transport drops data: Twisted's own write handles all of those.
@@ -143,7 +168,9 @@ def precondition() -> Optional[str]:
         FileDescriptor.__init__(blank)
     except Exception as e:
         return f"Twisted's FileDescriptor cannot be inspected: {e}"
-    return missingAttributes(blank, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite"))
+    return missingAttributes(
+        blank, ("dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "doWrite", "_dataReceived")
+    )
 
 
 def publishAtOnce(registry: Any) -> None:
