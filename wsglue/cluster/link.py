@@ -82,6 +82,13 @@ class TxRedisLink:
     backoff (1 s, growing to at most 10 s).
     """
 
+    # A command connection on which Redis has answered nothing for this
+    # many seconds while commands wait is cut off (and made again).  The
+    # clock restarts with every reply: under a burst (a mass close, a
+    # broadcast storm) the last of thousands of commands may wait longer
+    # than this behind the others while Redis is answering all along, and
+    # must not cost the connection (txredisapi's own replyTimeout counts
+    # from each command's sending, so it would).
     replyTimeout = 5
     # Called with the command connection's transport after each PUBLISH.
     # The registry publishes before it delivers to its own connections; on
@@ -226,12 +233,58 @@ class _ReportFailures:
 def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
     # Built in a function so that txredisapi is imported only with --redis.
     import txredisapi
+    from twisted.internet.task import LoopingCall
+
+    class CommandProtocol(txredisapi.RedisProtocol):
+        """
+        txredisapi's protocol with a stall watchdog instead of a timeout per
+        command: once a second, if commands wait and no reply came for
+        L{TxRedisLink.replyTimeout} seconds, the connection is aborted.
+        """
+
+        _waiting = 0
+        _progress = 0.0
+        _watchdog: Any = None
+
+        def connectionMade(self) -> Any:
+            clock = link.reactor
+            self._progress = clock.seconds()
+            self._watchdog = LoopingCall(self._check)
+            self._watchdog.clock = clock
+            self._watchdog.start(1.0, now=False)
+            return txredisapi.RedisProtocol.connectionMade(self)
+
+        def connectionLost(self, why: Any) -> Any:
+            if self._watchdog is not None and self._watchdog.running:
+                self._watchdog.stop()
+            self._watchdog = None
+            return txredisapi.RedisProtocol.connectionLost(self, why)
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            if not self._waiting:
+                self._progress = link.reactor.seconds()
+            self._waiting += 1
+            return txredisapi.RedisProtocol.execute_command(self, *args, **kwargs)
+
+        def replyReceived(self, reply: Any) -> Any:
+            if self._waiting:
+                self._waiting -= 1
+            self._progress = link.reactor.seconds()
+            return txredisapi.RedisProtocol.replyReceived(self, reply)
+
+        def _check(self) -> None:
+            if self._waiting and link.reactor.seconds() - self._progress > link.replyTimeout:
+                self._waiting = 0
+                if self.transport is not None:
+                    self.transport.abortConnection()
 
     class CommandFactory(txredisapi.RedisFactory):
         """
         txredisapi's factory, telling the link when a command connection
         joins the pool (ready: authenticated, database selected).
         """
+
+        protocol = CommandProtocol
 
         def addConnection(self, conn: Any) -> None:
             txredisapi.RedisFactory.addConnection(self, conn)
@@ -245,7 +298,7 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
         isLazy=True,
         charset=None,
         password=url.password,
-        replyTimeout=link.replyTimeout,
+        replyTimeout=None,
         convertNumbers=False,
         username=url.username,
     )
