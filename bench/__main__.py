@@ -32,10 +32,12 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -56,19 +58,49 @@ PLAIN = "-plain"
 # "-nohistory" runs the same with --history-size 0: continuity off, so that
 # a run shows what keeping the streams costs.
 NOHISTORY = "-nohistory"
+# "-v1": the same server, its load speaking wsglue.v1 (SPEC section 12):
+# every held and echo client offers the subprotocol, says hello, and sends
+# and receives JSON envelopes.  "wsglue-v1" against "wsglue-nohistory" is
+# continuity on against off.
+V1 = "-v1"
+# "-metrics": the same with --api (its own port, a key file) and /metrics
+# scraped every second while the phases run.
+METRICS = "-metrics"
+SUFFIXES = (PLAIN, NOHISTORY, V1, METRICS)
 CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
+# What the smoke run adds to SERVERS, so that CI runs the wsglue.v1 load
+# and the scraper too.
+SMOKE_EXTRA = ("wsglue-v1", "wsglue-cluster-v1-metrics")
+
+
+def parts(name: str) -> Tuple[str, FrozenSet[str]]:
+    """
+    A server name's base (C{wsglue}, C{wsglue-cluster}, C{wsglue-LABEL}...)
+    and its suffixes, in any order: C{wsglue-cluster-v1-metrics} is
+    C{("wsglue-cluster", {"-v1", "-metrics"})}.
+    """
+    found: Set[str] = set()
+    for _ in range(len(SUFFIXES)):
+        for suffix in SUFFIXES:
+            if suffix not in found and name.endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                found.add(suffix)
+    return name, frozenset(found)
+
+
+def has(name: str, suffix: str) -> bool:
+    return suffix in parts(name)[1]
 
 
 def kind(name: str) -> str:
     """
     The server a name runs: C{wsglue-LABEL} and C{wsglue-cluster-LABEL}
     (from C{--wsglue-python LABEL=PATH}) are C{wsglue} and C{wsglue-cluster}
-    under another Python.
+    under another Python; the suffixes (C{-plain}, C{-nohistory}, C{-v1},
+    C{-metrics}) change how it runs, not what.
     """
-    for suffix in (PLAIN, NOHISTORY):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+    name = parts(name)[0]
     if name in SERVERS:
         return name
     return CLUSTER if name.startswith(CLUSTER + "-") else "wsglue"
@@ -197,11 +229,11 @@ class Loader(Child):
     One C{loader.js} process, spoken to with one JSON line per command.
     """
 
-    def __init__(self, port: int, source: str) -> None:
+    def __init__(self, port: int, source: str, v1: bool = False) -> None:
         Child.__init__(
             self,
             f"loader@{source}",
-            ["node", os.path.join(LOAD, "loader.js"), "127.0.0.1", str(port), source],
+            ["node", os.path.join(LOAD, "loader.js"), "127.0.0.1", str(port), source] + (["v1"] if v1 else []),
             stdin=True,
         )
         self.source = source
@@ -375,6 +407,8 @@ class Server:
         self.port = freePort()
         self.extra: List[Child] = []
         self.child: Optional[Child] = None
+        self.apiPort = 0
+        self.keyFile: Optional[str] = None
         try:
             self._start(name, config)
         except BaseException:
@@ -387,13 +421,14 @@ class Server:
         env = dict(os.environ)
         if kind(name) in ("wsglue", CLUSTER):
             # The checkout under test, or another tree (--wsglue-tree).
-            env["PYTHONPATH"] = config.trees.get(name, ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-            if name.endswith(PLAIN):
+            base, suffixes = parts(name)
+            env["PYTHONPATH"] = config.trees.get(base, ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+            if PLAIN in suffixes:
                 env["WSGLUE_NO_LEVERS"] = "1"
             # The cluster's workers are started by wsglue with its own
             # sys.executable, so they run under this Python too.
             argv = [
-                config.pythons.get(name, sys.executable),
+                config.pythons.get(base, sys.executable),
                 "-c",
                 TWISTD,
                 "--pidfile=",
@@ -408,8 +443,16 @@ class Server:
                 "--ping-interval",
                 "0",
             ]
-            if name.endswith(NOHISTORY):
+            if NOHISTORY in suffixes:
                 argv += ["--history-size", "0"]
+            if METRICS in suffixes:
+                # The API on a port of its own, for /metrics (no key needed
+                # to scrape it; the daemon requires a key file with --api).
+                self.apiPort = freePort()
+                fd, self.keyFile = tempfile.mkstemp(prefix="wsglue-bench-", suffix=".keys")
+                os.write(fd, os.urandom(16).hex().encode() + b"\n")
+                os.close(fd)
+                argv += ["--api", f"tcp:{self.apiPort}:interface=127.0.0.1", "--api-key-file", self.keyFile]
             if kind(name) == CLUSTER:
                 redisPort = freePort()
                 redis = Child(
@@ -447,6 +490,12 @@ class Server:
                 self.child.waitForLine("accepting connections at", 30)
         # Ready: its session log lines need not be read line by line.
         self.child.quiet()
+        if self.apiPort:
+            deadline = time.monotonic() + 30
+            while scrape(self.apiPort, 5) is None:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: no /metrics on port {self.apiPort} within 30s:\n{self.child.tail()}")
+                time.sleep(0.1)
 
     def pids(self) -> List[int]:
         assert self.child is not None  # set once the server started
@@ -460,6 +509,63 @@ class Server:
             self.child.stop()
         for extra in self.extra:
             extra.stop()
+        if self.keyFile:
+            try:
+                os.unlink(self.keyFile)
+            except OSError:
+                pass
+            self.keyFile = None
+
+
+def scrape(port: int, timeout: float) -> Optional[bytes]:
+    """
+    One C{GET /metrics} of the API at C{port}: the body, or C{None} when
+    it failed.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+            body: bytes = response.read()
+            return body if response.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+class Scraper:
+    """
+    A thread that scrapes C{/metrics} once a second, as Prometheus would,
+    until L{stop}.
+    """
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        self.port = port
+        self.interval = interval
+        self.times: List[float] = []
+        self.failures = 0
+        self.size = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            t0 = time.monotonic()
+            body = scrape(self.port, 5)
+            if body is None:
+                self.failures += 1
+            else:
+                self.times.append(1000 * (time.monotonic() - t0))
+                self.size = len(body)
+            self._stopped.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def stop(self) -> Dict[str, Any]:
+        self._stopped.set()
+        self._thread.join(10)
+        return {
+            "metrics_scrapes": len(self.times),
+            "metrics_scrape_failures": self.failures,
+            "metrics_scrape_p50_ms": percentile(self.times, 50) if self.times else None,
+            "metrics_bytes": self.size,
+        }
 
 
 # -- measurements -------------------------------------------------------------
@@ -498,7 +604,7 @@ class Session:
         self.loaders: List[Loader] = []
         network = next(_NETWORKS, 0)
         for i in range(count):
-            self.loaders.append(Loader(server.port, f"127.{network}.0.{2 + i}"))
+            self.loaders.append(Loader(server.port, f"127.{network}.0.{2 + i}", v1=has(server.name, V1)))
         self.figures: Dict[str, Any] = {}
         self.handshakes = 0
         self.rampCpu: List[Any] = []
@@ -676,6 +782,15 @@ class Session:
         self.figures.update({f"{label}_{k}": v for k, v in meter.shares().items()})
 
     def run(self) -> Dict[str, Any]:
+        scraper = Scraper(self.server.apiPort) if self.server.apiPort else None
+        try:
+            self._run()
+        finally:
+            if scraper is not None:
+                self.figures.update(scraper.stop())
+        return self.figures
+
+    def _run(self) -> None:
         config = self.config
         baseline = rssKiB(self.server.pids())
         baselineFiles = openFiles(self.server.pids())
@@ -708,7 +823,6 @@ class Session:
         self.closeAll(baselineFiles)
         for n in config.echo:
             self.echo(n)
-        return self.figures
 
     def stop(self) -> None:
         for loader in self.loaders:
@@ -790,7 +904,84 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
         names += [
             f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct")
         ]
+    if has(server, METRICS):
+        names += ["metrics_scrapes", "metrics_scrape_failures", "metrics_scrape_p50_ms", "metrics_bytes"]
     return names
+
+
+def comparisons(config: argparse.Namespace, figures: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """
+    The pairs of a run that answer a question, each figure with its target:
+    a C{-v1} server against the same with C{-nohistory} instead (continuity
+    on against off), a C{-metrics} server against the same without.
+    """
+    byParts = {parts(name): name for name in figures}
+    out: List[Dict[str, Any]] = []
+
+    def add(server: str, against: str, figure: str, how: str, target: float) -> None:
+        v, ref = figures[server].get(figure), figures[against].get(figure)
+        if v is None or ref is None:
+            value = None
+        elif how == "diff":
+            value = v - ref
+        else:
+            value = v / ref if ref else None
+        met = None
+        if value is not None:
+            met = value <= target if how in ("diff", "ratio<=") else value >= target
+        out.append(
+            {
+                "server": server,
+                "against": against,
+                "figure": figure,
+                "value": v,
+                "reference": ref,
+                "how": how,
+                "result": value,
+                "target": target,
+                "met": met,
+            }
+        )
+
+    for name in figures:
+        base, suffixes = parts(name)
+        if V1 in suffixes:
+            against = byParts.get((base, (suffixes - {V1}) | {NOHISTORY}))
+            if against is not None:
+                for n in config.echo:
+                    add(name, against, f"echo{n}_rt_per_s", "ratio>=", 0.95)
+                for size in config.broadcast:
+                    add(name, against, f"bcast{size}_last_ms", "ratio<=", 1.2)
+                add(name, against, "idle_kib_per_session", "diff", 0.5)
+        if METRICS in suffixes:
+            against = byParts.get((base, suffixes - {METRICS}))
+            if against is not None:
+                for n in config.echo:
+                    add(name, against, f"echo{n}_rt_per_s", "ratio>=", 0.97)
+    return out
+
+
+def formatComparisons(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| server | against | figure | server's | against's | result | target | met |", "|" + "---|" * 8]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if isinstance(v, float) else f"{v:,}"
+
+    for r in rows:
+        if r["how"] == "diff":
+            result = "-" if r["result"] is None else f"{r['result']:+.2f} KiB"
+            target = f"<= +{r['target']} KiB"
+        else:
+            result = "-" if r["result"] is None else f"{r['result']:.3f}x"
+            target = f"{r['how'][-2:]} {r['target']}x"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        lines.append(
+            f"| {r['server']} | {r['against']} | {r['figure']} | {fmt(r['value'])} | {fmt(r['reference'])} "
+            f"| {result} | {target} | {met} |"
+        )
+    return "\n".join(lines)
 
 
 def medians(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -848,7 +1039,14 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated, in order: websockets, node, wsglue, wsglue-cluster (and wsglue-LABEL, "
+        "wsglue-cluster-LABEL), the wsglue ones with any of the suffixes -plain (--no-levers), -nohistory "
+        "(--history-size 0), -v1 (wsglue.v1 clients), -metrics (--api, /metrics scraped every second) "
+        f"[default: {','.join(SERVERS)}; with --smoke also {','.join(SMOKE_EXTRA)}]",
+    )
     p.add_argument(
         "--wsglue-tree",
         action="append",
@@ -923,12 +1121,23 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not (label and os.path.isfile(os.path.join(path, "wsglue", "__init__.py"))):
             p.error(f"--wsglue-tree: expected LABEL=PATH of a wsglue checkout, not {spec!r}")
         config.trees.update({f"wsglue-{label}": os.path.abspath(path), f"{CLUSTER}-{label}": os.path.abspath(path)})
-    known = list(SERVERS) + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
-    known += ["wsglue" + NOHISTORY, CLUSTER + NOHISTORY]
+    if config.servers is None:
+        config.servers = ",".join(SERVERS + (SMOKE_EXTRA if config.smoke else ()))
+    bases = ["wsglue", CLUSTER] + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
-        if s not in known:
-            p.error(f"unknown server {s!r}; choose from {', '.join(known)}")
+        base, suffixes = parts(s)
+        if s in ("websockets", "node"):
+            continue
+        if base not in bases:
+            p.error(
+                f"unknown server {s!r}; choose from websockets, node, or {', '.join(bases)} "
+                f"followed by any of {', '.join(SUFFIXES)}"
+            )
+        if {V1, NOHISTORY} <= suffixes:
+            p.error(f"{s!r}: wsglue.v1 is not selected with --history-size 0 (-nohistory)")
+        if V1 in suffixes and config.echo_client == "ws":
+            p.error(f"{s!r}: the wsglue.v1 load has raw echo clients only (not --echo-client ws)")
     if config.workers < 2:
         p.error("--workers (of wsglue-cluster) must be 2 or more")
     if config.repetitions < 1:
@@ -977,6 +1186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 k: (v / figures[REFERENCE][k] if v is not None and figures[REFERENCE].get(k) else None)
                 for k, v in figures[name].items()
             }
+    compared = comparisons(config, figures)
     result = {
         "started": started,
         "seconds": time.monotonic() - t0,
@@ -988,6 +1198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "expected": {name: expectedFigures(config, name) for name in config.servers},
         "figures": figures,
         "ratios_to_node": ratios,
+        "comparisons": compared,
         "runs": runs,
     }
     os.makedirs(config.output, exist_ok=True)
@@ -995,6 +1206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(formatTable(figures, config.servers))
+    if compared:
+        print("\ncontinuity on (-v1) against off (-nohistory), metrics scraped (-metrics) against not:\n")
+        print(formatComparisons(compared))
     print(f"\nmedians of {config.repetitions} repetition(s); written to {path}")
     return 0
 
