@@ -137,7 +137,12 @@ class Child:
     _TAIL = 65536
 
     def __init__(
-        self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, stdin: bool = False
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Optional[Dict[str, str]] = None,
+        stdin: bool = False,
+        cwd: str = ROOT,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -147,7 +152,7 @@ class Child:
         self._quiet = False
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -419,10 +424,15 @@ class Server:
 
     def _start(self, name: str, config: argparse.Namespace) -> None:
         env = dict(os.environ)
+        cwd = ROOT
         if kind(name) in ("wsglue", CLUSTER):
             # The checkout under test, or another tree (--wsglue-tree).
             base, suffixes = parts(name)
-            env["PYTHONPATH"] = config.trees.get(base, ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+            # It runs from that tree: with -c the current folder comes first
+            # on sys.path, before PYTHONPATH (this checkout follows it, for
+            # bench.handler).
+            cwd = config.trees.get(base, ROOT)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, ROOT, env.get("PYTHONPATH")) if p)
             if PLAIN in suffixes:
                 env["WSGLUE_NO_LEVERS"] = "1"
             # The cluster's workers are started by wsglue with its own
@@ -482,7 +492,7 @@ class Server:
         else:
             raise BenchError(f"unknown server {name!r}")
         self.argv = argv
-        self.child = Child(name, argv, env=env)
+        self.child = Child(name, argv, env=env, cwd=cwd)
         self.child.waitForLine(ready, 30)
         if kind(name) == CLUSTER:
             # The parent only binds; each worker says when it accepts.
