@@ -1107,6 +1107,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "wsglue-cluster-LABEL instead (repeatable)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
+    p.add_argument("--logs", metavar="DIR", help="write the last 64 KiB of each server's output into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
     if config.smoke:
@@ -1187,6 +1188,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if session is not None:
                     session.stop()
                 server.stop()
+                if config.logs and server.child is not None:
+                    os.makedirs(config.logs, exist_ok=True)
+                    with open(os.path.join(config.logs, f"{name}-r{rep}.log"), "w") as f:
+                        f.write(server.child.tail(10**6))
             runs.append({"repetition": rep, "server": name, "figures": figures})
     figures = {name: medians([r["figures"] for r in runs if r["server"] == name]) for name in config.servers}
     ratios: Dict[str, Dict[str, Optional[float]]] = {}
