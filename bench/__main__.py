@@ -509,10 +509,13 @@ class Server:
 
     def pids(self) -> List[int]:
         assert self.child is not None  # set once the server started
-        pids = descendants(self.child.pid)
-        for extra in self.extra:
-            pids.extend(descendants(extra.pid))
-        return pids
+        return descendants(self.child.pid) + self.extraPids()
+
+    def extraPids(self) -> List[int]:
+        """
+        The processes the server needs beside its own (its Redis).
+        """
+        return [pid for extra in self.extra for pid in descendants(extra.pid)]
 
     def stop(self) -> None:
         if self.child is not None:
@@ -620,6 +623,7 @@ class Session:
         self.rampCpu: List[Any] = []
         self.failures = 0
         self.handshakeTime = 0.0
+        self.redisBaseline = 0
 
     def loadPids(self) -> List[int]:
         return [loader.pid for loader in self.loaders]
@@ -702,6 +706,10 @@ class Session:
         self.figures[f"{label}_sessions"] = held
         grown = rssKiB(self.server.pids()) - baseline
         self.figures[f"{label}_kib_per_session"] = grown / held if held else None
+        if self.server.extra:
+            # Redis's share of it (included above).
+            redis = rssKiB(self.server.extraPids()) - self.redisBaseline
+            self.figures[f"{label}_redis_kib_per_session"] = redis / held if held else None
 
     def closeAll(self, baselineFiles: int) -> None:
         for loader in self.loaders:
@@ -803,6 +811,7 @@ class Session:
     def _run(self) -> None:
         config = self.config
         baseline = rssKiB(self.server.pids())
+        self.redisBaseline = rssKiB(self.server.extraPids())
         baselineFiles = openFiles(self.server.pids())
         sizes = sorted(set(config.broadcast) | {config.idle})
         for size in sizes:
@@ -898,6 +907,8 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
         "ramp_server_cpu_pct",
         "ramp_load_cpu_pct",
     ]
+    if kind(server) == CLUSTER:
+        names.append("idle_redis_kib_per_session")
     bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients", "server_cpu_pct", "load_cpu_pct"]
     for size in config.broadcast:
         names += [f"bcast{size}_{k}" for k in bcast]
@@ -906,6 +917,7 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
             names += [
                 f"big{size}_sessions",
                 f"big{size}_kib_per_session",
+                f"big{size}_redis_kib_per_session",
                 f"big{size}_handshakes_per_s",
                 f"big{size}_handshake_failures",
             ]
