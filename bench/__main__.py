@@ -592,6 +592,14 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[k]
 
 
+def report(loader: Loader, answer: Dict[str, Any]) -> None:
+    """
+    Say on stderr why a loader's handshakes failed, if any did.
+    """
+    if answer.get("why"):
+        sys.stderr.write(f"bench: {loader.name}: handshakes failed: {json.dumps(answer['why'])}\n")
+
+
 def split(n: int, parts: int) -> List[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
@@ -657,6 +665,7 @@ class Session:
                 r = loader.expect("opened", 60 + n / 100)
                 loader.held = r["held"]
                 results.append(r)
+                report(loader, r)
         ok = sum(r["ok"] for r in results)
         self.failures += sum(r["failed"] for r in results)
         if ok:
@@ -789,6 +798,7 @@ class Session:
         count, seconds, opened, lat = 0, 0.0, 0, []
         for loader, share in zip(loaders, split(n, len(loaders))):
             r = loader.expect("echo", 60 + self.config.seconds + self.config.warmup)
+            report(loader, r)
             count += r["count"]
             seconds = max(seconds, r["seconds"])
             opened += r["opened"]

@@ -183,19 +183,27 @@ function takePort() {
 // before the next read; what must outlive it (a partial frame) is copied.
 const READ_BUFFER = Buffer.allocUnsafe(65536);
 
+// Why handshakes failed since the last report: {reason: count}.
+let failures = {};
+const takeFailures = () => { const f = failures; failures = {}; return f; };
+
 function openOne(timeoutMs, list = held, frame = onFrame) {
   return new Promise((resolve) => {
     const started = now();
     const conn = { sock: null, buf: EMPTY, upgraded: false, open: false, got: false, frame, sentAt: 0, nextId: 0 };
     let settled = false;
-    const done = (ok) => {
+    // `why`: what a failure was, counted in `failures` for the report.
+    const done = (ok, why) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if (!ok) conn.sock.destroy();
+      if (!ok) {
+        conn.sock.destroy();
+        failures[why] = (failures[why] || 0) + 1;
+      }
       resolve({ ok, started, opened: now() });
     };
-    const timer = setTimeout(() => done(false), timeoutMs);
+    const timer = setTimeout(() => done(false, conn.upgraded ? 'no welcome in time' : 'no 101 in time'), timeoutMs);
     let retries = 100;
     const attempt = () => {
       const sock = net.connect({
@@ -211,7 +219,7 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
           sock.destroy();
           attempt();
         } else {
-          done(false);
+          done(false, `socket error ${err.code}`);
         }
       });
       listen(sock);
@@ -223,7 +231,7 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
           const i = list.indexOf(conn);
           if (i >= 0) list.splice(i, 1);
         }
-        done(false);
+        done(false, conn.upgraded ? 'closed before the welcome' : 'closed before the 101');
       });
     };
     const welcomed = (c, opcode, payload) => {
@@ -233,10 +241,12 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
         c.open = true;
         list.push(c);
         done(true);
-      } else if (opcode === 0x9 || opcode === 0x8) {
+      } else if (opcode === 0x8) {
+        done(false, `close ${payload.length >= 2 ? payload.readUInt16BE(0) : ''} before the welcome`);
+      } else if (opcode === 0x9) {
         onFrame(c, opcode, payload);
       } else {
-        done(false);
+        done(false, 'a frame before the welcome');
       }
     };
     // `chunk` lies in READ_BUFFER: parsed now, and copied if kept.
@@ -251,7 +261,7 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
         if (buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101' ||
             (v1 && !SELECTED.test(buf.toString('latin1', 0, end + 2)))) {
           conn.buf = EMPTY;
-          return done(false);
+          return done(false, `answered ${buf.toString('latin1', 9, 12)}${v1 ? ' (or wsglue.v1 not selected)' : ''}`);
         }
         conn.upgraded = true;
         buf = buf.subarray(end + 4);
@@ -293,7 +303,7 @@ async function open(n, concurrency, timeoutS) {
     if (r.opened > last) last = r.opened;
   }
   return { ev: 'opened', ok, failed: n - ok, held: held.length, t0, t1: now(),
-           first: ok ? first : t0, last: ok ? last : t0 };
+           first: ok ? first : t0, last: ok ? last : t0, why: takeFailures() };
 }
 
 function finishArm() {
@@ -377,7 +387,8 @@ async function echoRaw(n, seconds, warmup) {
   stopped = true;
   const tEnd = now();
   await closeAll(conns);
-  return { ev: 'echo', opened, failed: n - opened, count, seconds: (tEnd - tStart) / 1000, lat };
+  return { ev: 'echo', opened, failed: n - opened, count, seconds: (tEnd - tStart) / 1000, lat,
+           why: takeFailures() };
 }
 
 // -- echo: ws clients in a closed loop -------------------------------------
