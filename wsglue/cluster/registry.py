@@ -97,8 +97,6 @@ COUNTERS = (
 
 # The most sessions or channels in one Redis command.
 _BATCH = 1000
-# Keys per script that refreshes times to live (see ClusterRegistry._touch).
-_TOUCH_BATCH = 750
 
 # The most publications held while Redis is unreachable (about 10,000 times
 # the size of a message, plus 200 bytes each): past it, the oldest is
@@ -173,10 +171,6 @@ class ClusterRegistry(SessionRegistry):
         self._joining: Dict[str, None] = {}
         self._leaving: Dict[str, None] = {}
         self._flushing: Any = None
-        # Stream and id keys whose time to live is refreshed at the end of
-        # this reactor turn (see _touch).
-        self._touching: Dict[str, None] = {}
-        self._touchCall: Any = None
         self._warn = RateLimitedWarning(reactor, 10.0, _log)
         # Continuity in Redis (see configure): the streams, the client ids.
         self.streamed = False
@@ -255,9 +249,6 @@ class ClusterRegistry(SessionRegistry):
         if self._flushing is not None and self._flushing.active():
             self._flushing.cancel()
         self._flushing = None
-        if self._touchCall is not None and self._touchCall.active():
-            self._touchCall.cancel()
-            self._flushTouches()
         d: Deferred = defer.succeed(None)
         if self.link.available():
             d = defer.gatherResults(
@@ -793,31 +784,10 @@ class ClusterRegistry(SessionRegistry):
         self._touch([self.idsKey(sid, client)] + self.streamKeys(sid))
 
     def _touch(self, keys: List[str]) -> None:
-        """
-        Refresh the time to live of C{keys} at the end of this reactor
-        turn, with those of every other touch of the turn: in batches of
-        L{_TOUCH_BATCH} keys, not a script per closed connection.  When
-        100,000 wsglue.v1 connections closed at once, each worker queued
-        tens of thousands of scripts on its command connection; the last
-        replies came after txredisapi's reply timeout, which cut the
-        connection, and the hellos of that moment were refused with 1013.
-        """
         history = self.history
-        if history is None or not keys or history.ttl <= 0:
+        if history is None or not keys or not self.link.available() or history.ttl <= 0:
             return
-        self._touching.update(dict.fromkeys(keys))
-        if self._touchCall is None:
-            self._touchCall = self.reactor.callLater(0, self._flushTouches)
-
-    def _flushTouches(self) -> None:
-        self._touchCall = None
-        keys, self._touching = list(self._touching), {}
-        history = self.history
-        if history is None or not keys or not self.link.available():
-            return
-        ttl = int(history.ttl * 1000)
-        for i in range(0, len(keys), _TOUCH_BATCH):
-            self._tolerate(touchScript(self.link, keys[i : i + _TOUCH_BATCH], [ttl]))
+        self._tolerate(touchScript(self.link, keys, [int(history.ttl * 1000)]))
 
     def _deliverNumbered(self, sid: Optional[str], envelope: Any) -> None:
         """
