@@ -32,10 +32,12 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -56,19 +58,49 @@ PLAIN = "-plain"
 # "-nohistory" runs the same with --history-size 0: continuity off, so that
 # a run shows what keeping the streams costs.
 NOHISTORY = "-nohistory"
+# "-v1": the same server, its load speaking wsglue.v1 (SPEC section 12):
+# every held and echo client offers the subprotocol, says hello, and sends
+# and receives JSON envelopes.  "wsglue-v1" against "wsglue-nohistory" is
+# continuity on against off.
+V1 = "-v1"
+# "-metrics": the same with --api (its own port, a key file) and /metrics
+# scraped every second while the phases run.
+METRICS = "-metrics"
+SUFFIXES = (PLAIN, NOHISTORY, V1, METRICS)
 CLUSTER = "wsglue-cluster"
 REFERENCE = "node"
+# What the smoke run adds to SERVERS, so that CI runs the wsglue.v1 load
+# and the scraper too.
+SMOKE_EXTRA = ("wsglue-v1", "wsglue-cluster-v1-metrics")
+
+
+def parts(name: str) -> Tuple[str, FrozenSet[str]]:
+    """
+    A server name's base (C{wsglue}, C{wsglue-cluster}, C{wsglue-LABEL}...)
+    and its suffixes, in any order: C{wsglue-cluster-v1-metrics} is
+    C{("wsglue-cluster", {"-v1", "-metrics"})}.
+    """
+    found: Set[str] = set()
+    for _ in range(len(SUFFIXES)):
+        for suffix in SUFFIXES:
+            if suffix not in found and name.endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                found.add(suffix)
+    return name, frozenset(found)
+
+
+def has(name: str, suffix: str) -> bool:
+    return suffix in parts(name)[1]
 
 
 def kind(name: str) -> str:
     """
     The server a name runs: C{wsglue-LABEL} and C{wsglue-cluster-LABEL}
     (from C{--wsglue-python LABEL=PATH}) are C{wsglue} and C{wsglue-cluster}
-    under another Python.
+    under another Python; the suffixes (C{-plain}, C{-nohistory}, C{-v1},
+    C{-metrics}) change how it runs, not what.
     """
-    for suffix in (PLAIN, NOHISTORY):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+    name = parts(name)[0]
     if name in SERVERS:
         return name
     return CLUSTER if name.startswith(CLUSTER + "-") else "wsglue"
@@ -105,7 +137,12 @@ class Child:
     _TAIL = 65536
 
     def __init__(
-        self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, stdin: bool = False
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Optional[Dict[str, str]] = None,
+        stdin: bool = False,
+        cwd: str = ROOT,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -115,7 +152,7 @@ class Child:
         self._quiet = False
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -197,11 +234,11 @@ class Loader(Child):
     One C{loader.js} process, spoken to with one JSON line per command.
     """
 
-    def __init__(self, port: int, source: str) -> None:
+    def __init__(self, port: int, source: str, v1: bool = False) -> None:
         Child.__init__(
             self,
             f"loader@{source}",
-            ["node", os.path.join(LOAD, "loader.js"), "127.0.0.1", str(port), source],
+            ["node", os.path.join(LOAD, "loader.js"), "127.0.0.1", str(port), source] + (["v1"] if v1 else []),
             stdin=True,
         )
         self.source = source
@@ -375,6 +412,8 @@ class Server:
         self.port = freePort()
         self.extra: List[Child] = []
         self.child: Optional[Child] = None
+        self.apiPort = 0
+        self.keyFile: Optional[str] = None
         try:
             self._start(name, config)
         except BaseException:
@@ -385,15 +424,21 @@ class Server:
 
     def _start(self, name: str, config: argparse.Namespace) -> None:
         env = dict(os.environ)
+        cwd = ROOT
         if kind(name) in ("wsglue", CLUSTER):
             # The checkout under test, or another tree (--wsglue-tree).
-            env["PYTHONPATH"] = config.trees.get(name, ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-            if name.endswith(PLAIN):
+            base, suffixes = parts(name)
+            # It runs from that tree: with -c the current folder comes first
+            # on sys.path, before PYTHONPATH (this checkout follows it, for
+            # bench.handler).
+            cwd = config.trees.get(base, ROOT)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, ROOT, env.get("PYTHONPATH")) if p)
+            if PLAIN in suffixes:
                 env["WSGLUE_NO_LEVERS"] = "1"
             # The cluster's workers are started by wsglue with its own
             # sys.executable, so they run under this Python too.
             argv = [
-                config.pythons.get(name, sys.executable),
+                config.pythons.get(base, sys.executable),
                 "-c",
                 TWISTD,
                 "--pidfile=",
@@ -408,8 +453,16 @@ class Server:
                 "--ping-interval",
                 "0",
             ]
-            if name.endswith(NOHISTORY):
+            if NOHISTORY in suffixes:
                 argv += ["--history-size", "0"]
+            if METRICS in suffixes:
+                # The API on a port of its own, for /metrics (no key needed
+                # to scrape it; the daemon requires a key file with --api).
+                self.apiPort = freePort()
+                fd, self.keyFile = tempfile.mkstemp(prefix="wsglue-bench-", suffix=".keys")
+                os.write(fd, os.urandom(16).hex().encode() + b"\n")
+                os.close(fd)
+                argv += ["--api", f"tcp:{self.apiPort}:interface=127.0.0.1", "--api-key-file", self.keyFile]
             if kind(name) == CLUSTER:
                 redisPort = freePort()
                 redis = Child(
@@ -439,7 +492,7 @@ class Server:
         else:
             raise BenchError(f"unknown server {name!r}")
         self.argv = argv
-        self.child = Child(name, argv, env=env)
+        self.child = Child(name, argv, env=env, cwd=cwd)
         self.child.waitForLine(ready, 30)
         if kind(name) == CLUSTER:
             # The parent only binds; each worker says when it accepts.
@@ -447,19 +500,85 @@ class Server:
                 self.child.waitForLine("accepting connections at", 30)
         # Ready: its session log lines need not be read line by line.
         self.child.quiet()
+        if self.apiPort:
+            deadline = time.monotonic() + 30
+            while scrape(self.apiPort, 5) is None:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: no /metrics on port {self.apiPort} within 30s:\n{self.child.tail()}")
+                time.sleep(0.1)
 
     def pids(self) -> List[int]:
         assert self.child is not None  # set once the server started
-        pids = descendants(self.child.pid)
-        for extra in self.extra:
-            pids.extend(descendants(extra.pid))
-        return pids
+        return descendants(self.child.pid) + self.extraPids()
+
+    def extraPids(self) -> List[int]:
+        """
+        The processes the server needs beside its own (its Redis).
+        """
+        return [pid for extra in self.extra for pid in descendants(extra.pid)]
 
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop()
         for extra in self.extra:
             extra.stop()
+        if self.keyFile:
+            try:
+                os.unlink(self.keyFile)
+            except OSError:
+                pass
+            self.keyFile = None
+
+
+def scrape(port: int, timeout: float) -> Optional[bytes]:
+    """
+    One C{GET /metrics} of the API at C{port}: the body, or C{None} when
+    it failed.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+            body: bytes = response.read()
+            return body if response.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+class Scraper:
+    """
+    A thread that scrapes C{/metrics} once a second, as Prometheus would,
+    until L{stop}.
+    """
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        self.port = port
+        self.interval = interval
+        self.times: List[float] = []
+        self.failures = 0
+        self.size = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            t0 = time.monotonic()
+            body = scrape(self.port, 5)
+            if body is None:
+                self.failures += 1
+            else:
+                self.times.append(1000 * (time.monotonic() - t0))
+                self.size = len(body)
+            self._stopped.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def stop(self) -> Dict[str, Any]:
+        self._stopped.set()
+        self._thread.join(10)
+        return {
+            "metrics_scrapes": len(self.times),
+            "metrics_scrape_failures": self.failures,
+            "metrics_scrape_p50_ms": percentile(self.times, 50) if self.times else None,
+            "metrics_bytes": self.size,
+        }
 
 
 # -- measurements -------------------------------------------------------------
@@ -471,6 +590,14 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))
     return ordered[k]
+
+
+def report(loader: Loader, answer: Dict[str, Any]) -> None:
+    """
+    Say on stderr why a loader's handshakes failed, if any did.
+    """
+    if answer.get("why"):
+        sys.stderr.write(f"bench: {loader.name}: handshakes failed: {json.dumps(answer['why'])}\n")
 
 
 def split(n: int, parts: int) -> List[int]:
@@ -498,12 +625,13 @@ class Session:
         self.loaders: List[Loader] = []
         network = next(_NETWORKS, 0)
         for i in range(count):
-            self.loaders.append(Loader(server.port, f"127.{network}.0.{2 + i}"))
+            self.loaders.append(Loader(server.port, f"127.{network}.0.{2 + i}", v1=has(server.name, V1)))
         self.figures: Dict[str, Any] = {}
         self.handshakes = 0
         self.rampCpu: List[Any] = []
         self.failures = 0
         self.handshakeTime = 0.0
+        self.redisBaseline = 0
 
     def loadPids(self) -> List[int]:
         return [loader.pid for loader in self.loaders]
@@ -537,6 +665,7 @@ class Session:
                 r = loader.expect("opened", 60 + n / 100)
                 loader.held = r["held"]
                 results.append(r)
+                report(loader, r)
         ok = sum(r["ok"] for r in results)
         self.failures += sum(r["failed"] for r in results)
         if ok:
@@ -586,6 +715,10 @@ class Session:
         self.figures[f"{label}_sessions"] = held
         grown = rssKiB(self.server.pids()) - baseline
         self.figures[f"{label}_kib_per_session"] = grown / held if held else None
+        if self.server.extra:
+            # Redis's share of it (included above).
+            redis = rssKiB(self.server.extraPids()) - self.redisBaseline
+            self.figures[f"{label}_redis_kib_per_session"] = redis / held if held else None
 
     def closeAll(self, baselineFiles: int) -> None:
         for loader in self.loaders:
@@ -665,6 +798,7 @@ class Session:
         count, seconds, opened, lat = 0, 0.0, 0, []
         for loader, share in zip(loaders, split(n, len(loaders))):
             r = loader.expect("echo", 60 + self.config.seconds + self.config.warmup)
+            report(loader, r)
             count += r["count"]
             seconds = max(seconds, r["seconds"])
             opened += r["opened"]
@@ -676,8 +810,18 @@ class Session:
         self.figures.update({f"{label}_{k}": v for k, v in meter.shares().items()})
 
     def run(self) -> Dict[str, Any]:
+        scraper = Scraper(self.server.apiPort) if self.server.apiPort else None
+        try:
+            self._run()
+        finally:
+            if scraper is not None:
+                self.figures.update(scraper.stop())
+        return self.figures
+
+    def _run(self) -> None:
         config = self.config
         baseline = rssKiB(self.server.pids())
+        self.redisBaseline = rssKiB(self.server.extraPids())
         baselineFiles = openFiles(self.server.pids())
         sizes = sorted(set(config.broadcast) | {config.idle})
         for size in sizes:
@@ -708,7 +852,6 @@ class Session:
         self.closeAll(baselineFiles)
         for n in config.echo:
             self.echo(n)
-        return self.figures
 
     def stop(self) -> None:
         for loader in self.loaders:
@@ -774,6 +917,8 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
         "ramp_server_cpu_pct",
         "ramp_load_cpu_pct",
     ]
+    if kind(server) == CLUSTER:
+        names.append("idle_redis_kib_per_session")
     bcast = ["first_ms", "p50_ms", "p99_ms", "last_ms", "missed", "clients", "server_cpu_pct", "load_cpu_pct"]
     for size in config.broadcast:
         names += [f"bcast{size}_{k}" for k in bcast]
@@ -782,6 +927,7 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
             names += [
                 f"big{size}_sessions",
                 f"big{size}_kib_per_session",
+                f"big{size}_redis_kib_per_session",
                 f"big{size}_handshakes_per_s",
                 f"big{size}_handshake_failures",
             ]
@@ -790,7 +936,84 @@ def expectedFigures(config: argparse.Namespace, server: str) -> List[str]:
         names += [
             f"echo{n}_{k}" for k in ("connections", "rt_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct")
         ]
+    if has(server, METRICS):
+        names += ["metrics_scrapes", "metrics_scrape_failures", "metrics_scrape_p50_ms", "metrics_bytes"]
     return names
+
+
+def comparisons(config: argparse.Namespace, figures: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """
+    The pairs of a run that answer a question, each figure with its target:
+    a C{-v1} server against the same with C{-nohistory} instead (continuity
+    on against off), a C{-metrics} server against the same without.
+    """
+    byParts = {parts(name): name for name in figures}
+    out: List[Dict[str, Any]] = []
+
+    def add(server: str, against: str, figure: str, how: str, target: float) -> None:
+        v, ref = figures[server].get(figure), figures[against].get(figure)
+        if v is None or ref is None:
+            value = None
+        elif how == "diff":
+            value = v - ref
+        else:
+            value = v / ref if ref else None
+        met = None
+        if value is not None:
+            met = value <= target if how in ("diff", "ratio<=") else value >= target
+        out.append(
+            {
+                "server": server,
+                "against": against,
+                "figure": figure,
+                "value": v,
+                "reference": ref,
+                "how": how,
+                "result": value,
+                "target": target,
+                "met": met,
+            }
+        )
+
+    for name in figures:
+        base, suffixes = parts(name)
+        if V1 in suffixes:
+            against = byParts.get((base, (suffixes - {V1}) | {NOHISTORY}))
+            if against is not None:
+                for n in config.echo:
+                    add(name, against, f"echo{n}_rt_per_s", "ratio>=", 0.95)
+                for size in config.broadcast:
+                    add(name, against, f"bcast{size}_last_ms", "ratio<=", 1.2)
+                add(name, against, "idle_kib_per_session", "diff", 0.5)
+        if METRICS in suffixes:
+            against = byParts.get((base, suffixes - {METRICS}))
+            if against is not None:
+                for n in config.echo:
+                    add(name, against, f"echo{n}_rt_per_s", "ratio>=", 0.97)
+    return out
+
+
+def formatComparisons(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| server | against | figure | server's | against's | result | target | met |", "|" + "---|" * 8]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if isinstance(v, float) else f"{v:,}"
+
+    for r in rows:
+        if r["how"] == "diff":
+            result = "-" if r["result"] is None else f"{r['result']:+.2f} KiB"
+            target = f"<= +{r['target']} KiB"
+        else:
+            result = "-" if r["result"] is None else f"{r['result']:.3f}x"
+            target = f"{r['how'][-2:]} {r['target']}x"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        lines.append(
+            f"| {r['server']} | {r['against']} | {r['figure']} | {fmt(r['value'])} | {fmt(r['reference'])} "
+            f"| {result} | {target} | {met} |"
+        )
+    return "\n".join(lines)
 
 
 def medians(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -848,7 +1071,14 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds), as CI does")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, in order")
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated, in order: websockets, node, wsglue, wsglue-cluster (and wsglue-LABEL, "
+        "wsglue-cluster-LABEL), the wsglue ones with any of the suffixes -plain (--no-levers), -nohistory "
+        "(--history-size 0), -v1 (wsglue.v1 clients), -metrics (--api, /metrics scraped every second) "
+        f"[default: {','.join(SERVERS)}; with --smoke also {','.join(SMOKE_EXTRA)}]",
+    )
     p.add_argument(
         "--wsglue-tree",
         action="append",
@@ -899,6 +1129,7 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "wsglue-cluster-LABEL instead (repeatable)",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy the wsglue processes into DIR")
+    p.add_argument("--logs", metavar="DIR", help="write the last 64 KiB of each server's output into DIR")
     p.add_argument("--output", default=os.path.join(BENCH, "results"), help="folder for the JSON")
     config = p.parse_args(argv)
     if config.smoke:
@@ -923,12 +1154,23 @@ def parseArgs(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not (label and os.path.isfile(os.path.join(path, "wsglue", "__init__.py"))):
             p.error(f"--wsglue-tree: expected LABEL=PATH of a wsglue checkout, not {spec!r}")
         config.trees.update({f"wsglue-{label}": os.path.abspath(path), f"{CLUSTER}-{label}": os.path.abspath(path)})
-    known = list(SERVERS) + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
-    known += ["wsglue" + NOHISTORY, CLUSTER + NOHISTORY]
+    if config.servers is None:
+        config.servers = ",".join(SERVERS + (SMOKE_EXTRA if config.smoke else ()))
+    bases = ["wsglue", CLUSTER] + [n for n in list(config.pythons) + list(config.trees) if n not in SERVERS]
     config.servers = [s.strip() for s in config.servers.split(",") if s.strip()]
     for s in config.servers:
-        if s not in known:
-            p.error(f"unknown server {s!r}; choose from {', '.join(known)}")
+        base, suffixes = parts(s)
+        if s in ("websockets", "node"):
+            continue
+        if base not in bases:
+            p.error(
+                f"unknown server {s!r}; choose from websockets, node, or {', '.join(bases)} "
+                f"followed by any of {', '.join(SUFFIXES)}"
+            )
+        if {V1, NOHISTORY} <= suffixes:
+            p.error(f"{s!r}: wsglue.v1 is not selected with --history-size 0 (-nohistory)")
+        if V1 in suffixes and config.echo_client == "ws":
+            p.error(f"{s!r}: the wsglue.v1 load has raw echo clients only (not --echo-client ws)")
     if config.workers < 2:
         p.error("--workers (of wsglue-cluster) must be 2 or more")
     if config.repetitions < 1:
@@ -968,6 +1210,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if session is not None:
                     session.stop()
                 server.stop()
+                if config.logs and server.child is not None:
+                    os.makedirs(config.logs, exist_ok=True)
+                    with open(os.path.join(config.logs, f"{name}-r{rep}.log"), "w") as f:
+                        f.write(server.child.tail(10**6))
             runs.append({"repetition": rep, "server": name, "figures": figures})
     figures = {name: medians([r["figures"] for r in runs if r["server"] == name]) for name in config.servers}
     ratios: Dict[str, Dict[str, Optional[float]]] = {}
@@ -977,6 +1223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 k: (v / figures[REFERENCE][k] if v is not None and figures[REFERENCE].get(k) else None)
                 for k, v in figures[name].items()
             }
+    compared = comparisons(config, figures)
     result = {
         "started": started,
         "seconds": time.monotonic() - t0,
@@ -988,6 +1235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "expected": {name: expectedFigures(config, name) for name in config.servers},
         "figures": figures,
         "ratios_to_node": ratios,
+        "comparisons": compared,
         "runs": runs,
     }
     os.makedirs(config.output, exist_ok=True)
@@ -995,6 +1243,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(formatTable(figures, config.servers))
+    if compared:
+        print("\ncontinuity on (-v1) against off (-nohistory), metrics scraped (-metrics) against not:\n")
+        print(formatComparisons(compared))
     print(f"\nmedians of {config.repetitions} repetition(s); written to {path}")
     return 0
 

@@ -19,7 +19,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.common import ROOT, CollectOutput
 
-SERVERS = ["wsglue", "wsglue-plain", "wsglue-cluster", "wsglue-cluster-plain", "websockets", "node"]
+SERVERS = [
+    "wsglue",
+    "wsglue-plain",
+    "wsglue-cluster",
+    "wsglue-cluster-plain",
+    "websockets",
+    "node",
+    "wsglue-v1",
+    "wsglue-cluster-v1-metrics",
+]
 
 
 class BenchSmokeTests(TestCase):

@@ -166,13 +166,17 @@ class ClientIds:
     What the server keeps of one client (one tab) of a session: the ids of
     its latest L{ID_WINDOW} messages, how many connections it has open,
     and since when it has had none.
+
+    The set and the deque of ids are made at the client's first message:
+    empty, they are about 1 KiB, and most sessions (a page that only
+    listens) never send one.
     """
 
     __slots__ = ("seen", "order", "connections", "idleSince")
 
     def __init__(self) -> None:
-        self.seen: Set[int] = set()
-        self.order: Deque[int] = deque()
+        self.seen: Optional[Set[int]] = None
+        self.order: Optional[Deque[int]] = None
         self.connections = 0
         self.idleSince = 0.0
 
@@ -181,12 +185,15 @@ class ClientIds:
         Note C{messageId}; return whether it is new (not among the
         client's latest ids).
         """
-        if messageId in self.seen:
+        seen, order = self.seen, self.order
+        if seen is None or order is None:
+            seen, order = self.seen, self.order = set(), deque()
+        if messageId in seen:
             return False
-        self.seen.add(messageId)
-        self.order.append(messageId)
-        if len(self.order) > ID_WINDOW:
-            self.seen.discard(self.order.popleft())
+        seen.add(messageId)
+        order.append(messageId)
+        if len(order) > ID_WINDOW:
+            seen.discard(order.popleft())
         return True
 
 

@@ -97,12 +97,14 @@ class Stream:
         self.last = 0
         self._history = history
         # (offset, time added, size, message), oldest first; offsets
-        # consecutive up to self.last.
-        self._kept: Deque[Tuple[int, float, int, Message]] = deque()
+        # consecutive up to self.last.  Made at the first message: an
+        # empty deque is 760 bytes, and a session stream (one per session
+        # with a wsglue.v1 connection) is most often never sent to.
+        self._kept: Optional[Deque[Tuple[int, float, int, Message]]] = None
         self._bytes = 0
 
     def __len__(self) -> int:
-        return len(self._kept)
+        return len(self._kept) if self._kept is not None else 0
 
     @property
     def keptBytes(self) -> int:
@@ -122,6 +124,8 @@ class Stream:
         self.last += 1
         now = history.clock.seconds()
         kept = self._kept
+        if kept is None:
+            kept = self._kept = deque()
         # What the ttl dropped goes now too, so that a stream nobody
         # resumes from holds no older messages than one that is.
         horizon = now - history.ttl
@@ -156,7 +160,7 @@ class Stream:
             return []
         self._expire()
         kept = self._kept
-        if not kept or kept[0][0] > offset + 1:
+        if kept is None or not kept or kept[0][0] > offset + 1:
             return None
         first = kept[0][0]
         return [(entry[0], entry[3]) for entry in list(kept)[offset + 1 - first :]]
@@ -166,6 +170,8 @@ class Stream:
         Drop the messages older than the ttl.
         """
         kept = self._kept
+        if kept is None:
+            return
         horizon = self._history.clock.seconds() - self._history.ttl
         while kept and kept[0][1] <= horizon:
             self._bytes -= kept.popleft()[2]

@@ -1,6 +1,6 @@
 // One load-generator process of the wsglue bench.
 //
-// Usage: node loader.js HOST PORT SOURCE_ADDRESS
+// Usage: node loader.js HOST PORT SOURCE_ADDRESS [v1]
 //
 // The orchestrator (bench/__main__.py) starts several of these, each bound to
 // its own source address (127.0.0.2, 127.0.0.3, ...) because one address has
@@ -23,6 +23,16 @@
 //       N clients in a closed loop (ping, wait for pong, ping ...): raw
 //       sockets with prebuilt frames (the default), or `ws` clients.
 //   {"cmd":"exit"}
+//
+// With `v1` every raw connection (held and echo) speaks wsglue.v1 (SPEC
+// section 12): it offers the subprotocol, sends {"t":"hello","client":C}
+// (C unique per connection) and counts as open only once its
+// {"t":"welcome",...} arrived.  Broadcasts then arrive as
+// {"t":"m","s":"b","o":N,"d":TEXT} (the tag is looked for in `d`); the
+// trigger and the echo pings go out as {"t":"m","id":N,"d":TEXT} with a
+// fresh id each (a repeated id would be acked but not handed to the
+// handler), and a round trip ends on the handler's {"t":"r","d":"pong"}
+// (the {"t":"ack",...} frames are skipped).
 'use strict';
 
 const net = require('net');
@@ -32,6 +42,7 @@ const { WebSocket } = require('ws');
 const host = process.argv[2];
 const port = parseInt(process.argv[3], 10);
 const source = process.argv[4];
+const v1 = process.argv[5] === 'v1';
 
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
@@ -39,7 +50,9 @@ const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const REQUEST = Buffer.from(
   `GET / HTTP/1.1\r\nHost: ${host}:${port}\r\nUpgrade: websocket\r\n` +
   'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+  (v1 ? 'Sec-WebSocket-Protocol: wsglue.v1\r\n' : '') +
   'Sec-WebSocket-Version: 13\r\n\r\n');
+const SELECTED = /\r\nsec-websocket-protocol: *wsglue\.v1\r\n/i;
 const HEADER_END = Buffer.from('\r\n\r\n');
 
 // -- raw held connections ------------------------------------------------
@@ -60,8 +73,10 @@ function maskedFrame(opcode, payload) {
 
 function onFrame(conn, opcode, payload) {
   if (opcode === 0x1 || opcode === 0x2) {
-    if (armed !== null && !conn.got && payload.length >= armed.tag.length &&
-        payload.compare(armed.tag, 0, armed.tag.length, 0, armed.tag.length) === 0) {
+    if (armed !== null && !conn.got && (v1
+      ? payload[6] === 0x6d && payload.indexOf(armed.needle, 12) >= 0  // {"t":"m" ... "d":"TAG
+      : payload.length >= armed.tag.length &&
+        payload.compare(armed.tag, 0, armed.tag.length, 0, armed.tag.length) === 0)) {
       conn.got = true;
       armed.times.push(now());
       if (armed.times.length >= armed.expected) finishArm();
@@ -97,6 +112,55 @@ function parseFrames(conn) {
 }
 const EMPTY = Buffer.alloc(0);
 
+// -- wsglue.v1 frames ------------------------------------------------------
+//
+// Masked with a fixed, non-zero key (the server unmasks for real).  An echo
+// ping is {"t":"m","id":N,"d":"ping"}: its prefix and suffix are masked once
+// here (the suffix for each of the four positions it may start at), only
+// the digits of the id are masked per frame.
+
+const MASK = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+
+function maskedText(text) {
+  const payload = Buffer.from(text);
+  const len = payload.length;
+  if (len > 65535) throw new Error('frame too long');
+  const head = len < 126 ? 2 : 4;
+  const frame = Buffer.allocUnsafe(head + 4 + len);
+  frame[0] = 0x81;
+  if (len < 126) frame[1] = 0x80 | len;
+  else { frame[1] = 0x80 | 126; frame.writeUInt16BE(len, 2); }
+  MASK.copy(frame, head);
+  for (let i = 0; i < len; i++) frame[head + 4 + i] = payload[i] ^ MASK[i & 3];
+  return frame;
+}
+
+const masked = (bytes, at) => Buffer.from(bytes.map((b, i) => b ^ MASK[(at + i) & 3]));
+const PING_PREFIX = Buffer.from('{"t":"m","id":');
+const PING_SUFFIX = Buffer.from(',"d":"ping"}');
+const MASKED_PREFIX = masked(PING_PREFIX, 0);
+const MASKED_SUFFIX = [0, 1, 2, 3].map((at) => masked(PING_SUFFIX, at));
+
+function v1Ping(id) {
+  const digits = String(id);
+  const len = PING_PREFIX.length + digits.length + PING_SUFFIX.length;  // < 126
+  const frame = Buffer.allocUnsafe(6 + len);
+  frame[0] = 0x81;
+  frame[1] = 0x80 | len;
+  MASK.copy(frame, 2);
+  MASKED_PREFIX.copy(frame, 6);
+  let at = PING_PREFIX.length;
+  for (let i = 0; i < digits.length; i++, at++) frame[6 + at] = digits.charCodeAt(i) ^ MASK[at & 3];
+  MASKED_SUFFIX[at & 3].copy(frame, 6 + at);
+  return frame;
+}
+
+// Client ids: unique per connection of this run ([A-Za-z0-9_-], 8-64).
+let clients = 0;
+const CLIENT_PREFIX = `ld${process.pid}_${source.replace(/\./g, '-')}_`;
+const helloFrame = () => maskedText(`{"t":"hello","client":"${CLIENT_PREFIX}${clients++}"}`);
+const WELCOME = Buffer.from('{"t":"welcome"');
+
 // Local ports are chosen here, not by the kernel.  A connect from a bound
 // source address with port 0 makes Linux search the address's ports for a
 // free one, and that search grows with the ports in use: past ~10k
@@ -119,19 +183,27 @@ function takePort() {
 // before the next read; what must outlive it (a partial frame) is copied.
 const READ_BUFFER = Buffer.allocUnsafe(65536);
 
+// Why handshakes failed since the last report: {reason: count}.
+let failures = {};
+const takeFailures = () => { const f = failures; failures = {}; return f; };
+
 function openOne(timeoutMs, list = held, frame = onFrame) {
   return new Promise((resolve) => {
     const started = now();
-    const conn = { sock: null, buf: EMPTY, open: false, got: false, frame, sentAt: 0 };
+    const conn = { sock: null, buf: EMPTY, upgraded: false, open: false, got: false, frame, sentAt: 0, nextId: 0 };
     let settled = false;
-    const done = (ok) => {
+    // `why`: what a failure was, counted in `failures` for the report.
+    const done = (ok, why) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if (!ok) conn.sock.destroy();
+      if (!ok) {
+        conn.sock.destroy();
+        failures[why] = (failures[why] || 0) + 1;
+      }
       resolve({ ok, started, opened: now() });
     };
-    const timer = setTimeout(() => done(false), timeoutMs);
+    const timer = setTimeout(() => done(false, conn.upgraded ? 'no welcome in time' : 'no 101 in time'), timeoutMs);
     let retries = 100;
     const attempt = () => {
       const sock = net.connect({
@@ -147,7 +219,7 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
           sock.destroy();
           attempt();
         } else {
-          done(false);
+          done(false, `socket error ${err.code}`);
         }
       });
       listen(sock);
@@ -159,26 +231,49 @@ function openOne(timeoutMs, list = held, frame = onFrame) {
           const i = list.indexOf(conn);
           if (i >= 0) list.splice(i, 1);
         }
-        done(false);
+        done(false, conn.upgraded ? 'closed before the welcome' : 'closed before the 101');
       });
+    };
+    const welcomed = (c, opcode, payload) => {
+      if (opcode === 0x1 && payload.length >= WELCOME.length &&
+          payload.compare(WELCOME, 0, WELCOME.length, 0, WELCOME.length) === 0) {
+        c.frame = frame;
+        c.open = true;
+        list.push(c);
+        done(true);
+      } else if (opcode === 0x8) {
+        done(false, `close ${payload.length >= 2 ? payload.readUInt16BE(0) : ''} before the welcome`);
+      } else if (opcode === 0x9) {
+        onFrame(c, opcode, payload);
+      } else {
+        done(false, 'a frame before the welcome');
+      }
     };
     // `chunk` lies in READ_BUFFER: parsed now, and copied if kept.
     const received = (chunk) => {
       let buf = conn.buf.length ? Buffer.concat([conn.buf, chunk]) : chunk;
-      if (!conn.open) {
+      if (!conn.upgraded) {
         const end = buf.indexOf(HEADER_END);
         if (end < 0) {
           conn.buf = Buffer.from(buf);
           return;
         }
-        if (buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101') {
+        if (buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101' ||
+            (v1 && !SELECTED.test(buf.toString('latin1', 0, end + 2)))) {
           conn.buf = EMPTY;
-          return done(false);
+          return done(false, `answered ${buf.toString('latin1', 9, 12)}${v1 ? ' (or wsglue.v1 not selected)' : ''}`);
         }
-        conn.open = true;
-        list.push(conn);
+        conn.upgraded = true;
         buf = buf.subarray(end + 4);
-        done(true);
+        if (v1) {
+          // Open once welcomed: the frames before it go to `welcomed`.
+          conn.frame = welcomed;
+          conn.sock.write(helloFrame());
+        } else {
+          conn.open = true;
+          list.push(conn);
+          done(true);
+        }
       }
       conn.buf = buf;
       if (buf.length) parseFrames(conn);
@@ -208,7 +303,7 @@ async function open(n, concurrency, timeoutS) {
     if (r.opened > last) last = r.opened;
   }
   return { ev: 'opened', ok, failed: n - ok, held: held.length, t0, t1: now(),
-           first: ok ? first : t0, last: ok ? last : t0 };
+           first: ok ? first : t0, last: ok ? last : t0, why: takeFailures() };
 }
 
 function finishArm() {
@@ -221,7 +316,8 @@ function finishArm() {
 
 function arm(tag, timeoutS) {
   for (const c of held) c.got = false;
-  armed = { tag: Buffer.from(tag), times: [], expected: held.length, timer: null };
+  armed = { tag: Buffer.from(tag), needle: Buffer.from('"d":"' + tag), times: [], expected: held.length,
+            timer: null };
   armed.timer = setTimeout(finishArm, timeoutS * 1000);
   if (held.length === 0) finishArm();
 }
@@ -248,7 +344,7 @@ function closeAll(list = held) {
 // fraction of what a `ws` client spends, which leaves the two cores to the
 // server under test.
 
-const ECHO_MASK = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+const ECHO_MASK = MASK;
 const ECHO_PING = (() => {
   const payload = Buffer.from('ping');
   const frame = Buffer.alloc(6 + payload.length);
@@ -265,9 +361,11 @@ async function echoRaw(n, seconds, warmup) {
   let measuring = false, stopped = false, count = 0;
   const frame = (conn, opcode, payload) => {
     if (opcode === 0x1 || opcode === 0x2) {
+      // wsglue.v1: only the reply {"t":"r",...} ends a round trip (not the ack).
+      if (v1 && payload[6] !== 0x72) return;
       const t = now();
       if (measuring && !stopped) { count++; lat.push(Math.round((t - conn.sentAt) * 1000) / 1000); }
-      if (!stopped) { conn.sentAt = t; conn.sock.write(ECHO_PING); }
+      if (!stopped) { conn.sentAt = t; conn.sock.write(v1 ? v1Ping(++conn.nextId) : ECHO_PING); }
     } else {
       onFrame(conn, opcode, payload);
     }
@@ -281,7 +379,7 @@ async function echoRaw(n, seconds, warmup) {
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(64, n)) }, worker));
   const opened = conns.length;
-  for (const c of conns) { c.sentAt = now(); c.sock.write(ECHO_PING); }
+  for (const c of conns) { c.sentAt = now(); c.sock.write(v1 ? v1Ping(++c.nextId) : ECHO_PING); }
   await new Promise((resolve) => setTimeout(resolve, warmup * 1000));
   measuring = true;
   const tStart = now();
@@ -289,7 +387,8 @@ async function echoRaw(n, seconds, warmup) {
   stopped = true;
   const tEnd = now();
   await closeAll(conns);
-  return { ev: 'echo', opened, failed: n - opened, count, seconds: (tEnd - tStart) / 1000, lat };
+  return { ev: 'echo', opened, failed: n - opened, count, seconds: (tEnd - tStart) / 1000, lat,
+           why: takeFailures() };
 }
 
 // -- echo: ws clients in a closed loop -------------------------------------
@@ -348,12 +447,17 @@ rl.on('line', (line) => {
       case 'arm': arm(cmd.tag, cmd.timeout || 10); reply({ ev: 'arm-ok' }); break;
       case 'trigger': {
         const t = now();
-        if (held.length) held[0].sock.write(maskedFrame(0x1, Buffer.from(cmd.message)));
+        if (held.length) {
+          const c = held[0];
+          held[0].sock.write(v1 ? maskedText(JSON.stringify({ t: 'm', id: ++c.nextId, d: cmd.message }))
+            : maskedFrame(0x1, Buffer.from(cmd.message)));
+        }
         reply({ ev: 'triggered', t, sent: held.length > 0 });
         break;
       }
       case 'closeall': await closeAll(); reply({ ev: 'closed' }); break;
       case 'echo':
+        if (v1 && cmd.client === 'ws') { reply({ ev: 'error', error: 'wsglue.v1 echo needs raw clients' }); break; }
         reply(await (cmd.client === 'ws' ? echo : echoRaw)(cmd.n, cmd.seconds, cmd.warmup));
         break;
       case 'exit': process.exit(0); break;
