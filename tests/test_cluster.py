@@ -1125,6 +1125,26 @@ def askUntil(client: Any, command: str, expected: str, timeout: float = 15) -> A
     raise AssertionError(f"{command!r} still answers {answer!r}, not {expected!r}")
 
 
+@inlineCallbacks
+def reachable(sender: Any, sid: str, receiver: Any, timeout: float = 30) -> Any:
+    """
+    Send C{probe} to session C{sid} through C{sender}'s node until
+    C{receiver} (a tab of C{sid} on another node) gets one: that node has
+    subscribed to the session's channel.  A tab's node subscribes when it
+    opens, but Redis confirms later; a send or close published before then
+    is not delivered there (Redis pub/sub is at most once).
+    """
+    for _ in range(int(timeout / 0.5)):
+        yield ask(sender, f"send {sid} probe")
+        try:
+            message = yield receiver.nextMessage(timeout=0.5)
+        except defer.TimeoutError:
+            continue
+        if message == "probe":
+            return
+    raise AssertionError(f"no send to {sid} reached the other node within {timeout} s")
+
+
 class DaemonTests(TestCase):
     """
     Two real daemons on one private Redis, with real WebSocket clients.
@@ -1153,8 +1173,12 @@ class DaemonTests(TestCase):
         onA = yield self.client(self.a)
         onB = yield self.client(self.b)
         yield askUntil(onB, f"has {onA.sid}", "has True")
+        yield reachable(onB, onA.sid, onA)
         self.assertEqual((yield ask(onB, f"send {onA.sid} hello from B")), "sent 0")
-        self.assertEqual((yield onA.nextMessage()), "hello from B")
+        message = yield onA.nextMessage()
+        while message == "probe":  # a late probe
+            message = yield onA.nextMessage()
+        self.assertEqual(message, "hello from B")
         self.assertEqual((yield ask(onB, f"sendbin {onA.sid} 00ff")), "sent 0")
         self.assertEqual((yield onA.nextMessage()), b"\x00\xff")
 
@@ -1215,7 +1239,7 @@ class DaemonTests(TestCase):
         tab1 = yield self.client(self.a)
         tab2 = yield self.client(self.b, tab1.sid)
         other = yield self.client(self.a)
-        yield askUntil(other, f"has {tab1.sid}", "has True")
+        yield reachable(other, tab1.sid, tab2)
         self.assertEqual((yield ask(other, f"close {tab1.sid}")), "closing 1")
         closes = yield defer.gatherResults([tab1.closed, tab2.closed])
         self.assertEqual(closes, [(4001, "closed by test")] * 2)
