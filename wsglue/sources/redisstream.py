@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from twisted.internet import defer
@@ -33,9 +32,6 @@ CLAIM_IDLE = 30.0
 # Entries read (and claimed) at a time, and how long a read waits for one.
 BATCH = 100
 BLOCK_SECONDS = 1.0
-# Batches of new entries handed over whose writes and XACK may still be
-# awaited while the next batch is read (read-ahead).
-IN_FLIGHT = 2
 # Consumers with nothing pending and idle this long are removed from the
 # group (processes that stopped; their names are never used again).
 FORGET_IDLE = 3600.0
@@ -209,10 +205,6 @@ class _Stopped(Exception):
     pass
 
 
-class _EarlierBatchFailed(Exception):
-    pass
-
-
 class RedisStreamSource(Source):
     """
     Read C{spec.stream} as consumer C{consumer} of C{spec.group}.
@@ -220,17 +212,10 @@ class RedisStreamSource(Source):
     The loop: make sure the group exists; every C{claimIdle / 2} seconds
     claim what other consumers left pending longer than C{claimIdle}
     (C{XAUTOCLAIM}); read our own pending entries (after a failure) or new
-    ones (C{XREADGROUP ... >}, waiting at most L{BLOCK_SECONDS}); hand
-    them over in order, copy the bad ones to C{NAME:dead}; once every write
-    of a batch (and every batch before it) is acknowledged, C{XACK} them
-    all.  New entries are read ahead: the next batch is read while up to
-    C{inFlight} batches handed over still wait for Redis's answers (their
-    sends were issued in order, so they are delivered in order); pending
-    and claimed entries are handled one batch at a time with nothing else
-    in flight.  A failure (Redis down) waits for the batches in flight, then
-    is retried with backoff and a rate-limited warning; unacknowledged
-    entries stay in Redis and are read again from the consumer's pending
-    list, in order.
+    ones (C{XREADGROUP ... >}, waiting at most L{BLOCK_SECONDS}); deliver
+    them in order, copy the bad ones to C{NAME:dead}; then C{XACK} them all.
+    A failure (Redis down) is retried with backoff and a rate-limited
+    warning; unacknowledged entries stay in Redis.
     """
 
     def __init__(
@@ -244,7 +229,6 @@ class RedisStreamSource(Source):
         block: float = BLOCK_SECONDS,
         batch: int = BATCH,
         maxMessageSize: int = 0,
-        inFlight: int = IN_FLIGHT,
     ) -> None:
         Source.__init__(self, delivery, counters)
         if reactor is None:
@@ -259,12 +243,6 @@ class RedisStreamSource(Source):
         self.block = block
         self.batch = batch
         self.maxMessageSize = maxMessageSize
-        self.inFlight = max(1, inFlight)
-        # Completions of the batches handed over (oldest first), and the
-        # last batch's acknowledgement (fires True once it and every batch
-        # before it was acknowledged, False if one failed; never fails).
-        self._pipeline: Deque[Deferred] = deque()
-        self._lastAcked: Optional[Deferred] = None
         self._factory: Any = None
         self._loop: Optional[Deferred] = None
         self._waiting: Optional[Deferred] = None
@@ -300,7 +278,7 @@ class RedisStreamSource(Source):
                 finished.callback(None)
 
         loop.addBoth(ended)
-        if self._busy or self._pipeline:
+        if self._busy:
             # Let the entries in hand be delivered and acknowledged first.
             finished.addTimeout(3, self.reactor)
             finished.addErrback(lambda f: None)
@@ -366,14 +344,6 @@ class RedisStreamSource(Source):
 
     @defer.inlineCallbacks
     def _run(self) -> Any:
-        try:
-            yield self._steps()
-        finally:
-            # Stopping: let the batches in flight be acknowledged.
-            yield self._drain()
-
-    @defer.inlineCallbacks
-    def _steps(self) -> Any:
         failures = 0
         while self._running:
             try:
@@ -390,9 +360,6 @@ class RedisStreamSource(Source):
                 if not self._running:
                     return
                 failures += 1
-                # Unacknowledged entries are read again from the pending
-                # list, once nothing is in flight.
-                yield self._drain()
                 self._ownPending = True
                 if "NOGROUP" in str(e):
                     self._groupKnown = False
@@ -440,61 +407,16 @@ class RedisStreamSource(Source):
                 )
             self.ready()
         if self.reactor.seconds() >= self._nextClaim:
-            yield self._settle()
             yield self._claim()
             self._nextClaim = self.reactor.seconds() + self.claimIdle / 2
         if self._ownPending:
-            yield self._settle()
             entries = yield self._read("0", None)
             if not entries:
                 self._ownPending = False
-            else:
-                yield self._handle(entries)
-            return
-        while len(self._pipeline) >= self.inFlight:
-            yield self._oldest()
-        # With batches in flight, do not block: their XACKs would queue
-        # behind the read on the connection.
-        entries = yield self._read(">", None if self._pipeline else self.block)
-        if entries:
-            self._pipeline.append(self._handOver(entries))
         else:
-            yield self._settle()
-
-    @defer.inlineCallbacks
-    def _settle(self) -> Any:
-        """
-        Wait for the batches in flight, oldest first; raise the first failure
-        (the rest are waited for by L{_drain}).
-        """
-        while self._pipeline:
-            yield self._oldest()
-        self._lastAcked = None
-
-    @defer.inlineCallbacks
-    def _oldest(self) -> Any:
-        """
-        Wait for the oldest batch in flight (it counts as in flight, for
-        L{stopService}, until it is done).
-        """
-        d = self._pipeline[0]
-        try:
-            yield d
-        finally:
-            if self._pipeline and self._pipeline[0] is d:
-                self._pipeline.popleft()
-
-    @defer.inlineCallbacks
-    def _drain(self) -> Any:
-        """
-        Wait for every batch in flight, ignoring their failures.
-        """
-        while self._pipeline:
-            try:
-                yield self._oldest()
-            except Exception:
-                pass
-        self._lastAcked = None
+            entries = yield self._read(">", self.block)
+        if entries:
+            yield self._handle(entries)
 
     def _createGroup(self) -> Deferred:
         d = self._execute("XGROUP", "CREATE", self.stream, self.group, self.spec.start, "MKSTREAM")
@@ -550,81 +472,49 @@ class RedisStreamSource(Source):
             if int(fields.get(b"pending", 1)) == 0 and int(fields.get(b"idle", 0)) > FORGET_IDLE * 1000:
                 yield self._execute("XGROUP", "DELCONSUMER", self.stream, self.group, name)
 
-    def _handle(self, entries: Sequence[Any]) -> Deferred:
+    @defer.inlineCallbacks
+    def _handle(self, entries: Sequence[Any]) -> Any:
         """
         Deliver C{entries} in order (the bad ones to C{NAME:dead}), then
-        acknowledge them all; with nothing else in flight.
+        acknowledge them all.
         """
         self._busy = True
-        d = self._handOver(entries)
-
-        def done(result: Any) -> Any:
-            self._busy = False
-            self._lastAcked = None
-            return result
-
-        return d.addBoth(done)
-
-    def _handOver(self, entries: Sequence[Any]) -> Deferred:
-        """
-        Hand C{entries} over in order now (the bad ones to C{NAME:dead});
-        return a Deferred that fires once their writes were acknowledged
-        and they (after every batch handed over before) were acknowledged
-        with C{XACK}, or fails.
-        """
-        ids: List[Any] = []
-        waiting: List[Deferred] = []
-        delivered = dead = 0
-        for entryId, flat in entries:
-            ids.append(entryId)
-            if flat is None:
-                continue  # deleted from the stream while pending
-            fields = fieldsOf(flat)
-            what = readEntry(fields, self.maxMessageSize)
-            if isinstance(what, DeadEntry):
-                waiting.append(self._bury(entryId, flat, what.reason))
-                dead += 1
-                continue
-            try:
-                if what.sid is None:
-                    waiting.append(self.delivery.broadcast(what.message))
-                else:
-                    waiting.append(self.delivery.send(what.sid, what.message))
-            except Exception as e:
-                # Retrying would fail the same way, and hold back the
-                # entries behind it.
-                _log.failure("source {source}: delivering entry {entry} failed", source=str(self.spec), entry=entryId)
-                waiting.append(self._bury(entryId, flat, f"delivery failed: {type(e).__name__}"))
-                dead += 1
-                continue
-            delivered += 1
-        previous = self._lastAcked
-        acked: Deferred = Deferred()
-        self._lastAcked = acked
-        return self._acknowledge(ids, waiting, delivered, dead, previous, acked)
-
-    @defer.inlineCallbacks
-    def _acknowledge(
-        self,
-        ids: List[Any],
-        waiting: List[Deferred],
-        delivered: int,
-        dead: int,
-        previous: Optional[Deferred],
-        acked: Deferred,
-    ) -> Any:
-        ok = False
         try:
+            ids: List[Any] = []
+            waiting: List[Deferred] = []
+            delivered = dead = 0
+            for entryId, flat in entries:
+                ids.append(entryId)
+                if flat is None:
+                    continue  # deleted from the stream while pending
+                fields = fieldsOf(flat)
+                what = readEntry(fields, self.maxMessageSize)
+                if isinstance(what, DeadEntry):
+                    waiting.append(self._bury(entryId, flat, what.reason))
+                    dead += 1
+                    continue
+                try:
+                    if what.sid is None:
+                        waiting.append(self.delivery.broadcast(what.message))
+                    else:
+                        waiting.append(self.delivery.send(what.sid, what.message))
+                except Exception as e:
+                    # Retrying would fail the same way, and hold back the
+                    # entries behind it.
+                    _log.failure(
+                        "source {source}: delivering entry {entry} failed", source=str(self.spec), entry=entryId
+                    )
+                    waiting.append(self._bury(entryId, flat, f"delivery failed: {type(e).__name__}"))
+                    dead += 1
+                    continue
+                delivered += 1
             if waiting:
                 yield defer.gatherResults(waiting, consumeErrors=True)
-            if previous is not None and not (yield previous):
-                raise _EarlierBatchFailed("an earlier batch was not acknowledged")
             yield self._execute("XACK", self.stream, self.group, *ids)
             self.counters.add("source_entries:delivered", delivered)
             self.counters.add("source_entries:dead", dead)
-            ok = True
         finally:
-            acked.callback(ok)
+            self._busy = False
 
     def _bury(self, entryId: Any, flat: Sequence[Any], reason: str) -> Deferred:
         entry = entryId.decode("ascii", "replace") if isinstance(entryId, bytes) else str(entryId)
