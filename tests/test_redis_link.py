@@ -65,13 +65,32 @@ class CommandWatchdogTests(SynchronousTestCase):
         protocol, transport, clock = _connected(self)
         failures: List[Any] = []
         protocol.execute_command("GET", "k").addErrback(failures.append)
-        clock.advance(TxRedisLink.replyTimeout)
+        for _ in range(TxRedisLink.replyTimeout):
+            clock.advance(1)
         self.assertFalse(transport.disconnecting)
-        clock.advance(1)
         clock.advance(1)
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(None)
         self.assertEqual(len(failures), 1)
+
+    def test_busyProcessNotTakenForSilentRedis(self) -> None:
+        """
+        When this process itself was busy for longer than C{replyTimeout}
+        (the check runs late, the replies may wait unread behind it), the
+        connection is kept and the count starts again.
+        """
+        protocol, transport, clock = _connected(self)
+        answers: List[Any] = []
+        protocol.execute_command("GET", "k").addBoth(answers.append)
+        clock.advance(8)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"$-1\r\n")
+        self.assertEqual(answers, [None])
+        failures: List[Any] = []
+        protocol.execute_command("GET", "k").addErrback(failures.append)
+        for _ in range(TxRedisLink.replyTimeout + 1):
+            clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
     def test_idleKept(self) -> None:
         """

@@ -239,16 +239,20 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
         """
         txredisapi's protocol with a stall watchdog instead of a timeout per
         command: once a second, if commands wait and no reply came for
-        L{TxRedisLink.replyTimeout} seconds, the connection is aborted.
+        L{TxRedisLink.replyTimeout} seconds, the connection is aborted.  A
+        check that runs late (this process was busy for seconds) restarts
+        the count instead: timers run before the reactor reads the socket,
+        so the replies may be there, unread.
         """
 
         _waiting = 0
         _progress = 0.0
+        _lastCheck = 0.0
         _watchdog: Any = None
 
         def connectionMade(self) -> Any:
             clock = link.reactor
-            self._progress = clock.seconds()
+            self._progress = self._lastCheck = clock.seconds()
             self._watchdog = LoopingCall(self._check)
             self._watchdog.clock = clock
             self._watchdog.start(1.0, now=False)
@@ -273,7 +277,15 @@ def _CommandFactory(link: TxRedisLink, url: RedisURL) -> Any:
             return txredisapi.RedisProtocol.replyReceived(self, reply)
 
         def _check(self) -> None:
-            if self._waiting and link.reactor.seconds() - self._progress > link.replyTimeout:
+            now = link.reactor.seconds()
+            late, self._lastCheck = now - self._lastCheck > 2.5, now
+            if late:
+                # This process was busy (a long stretch of work, a burst of
+                # closes): the replies may be waiting unread in the socket,
+                # behind this timer.  Not Redis's silence: count afresh.
+                self._progress = now
+                return
+            if self._waiting and now - self._progress > link.replyTimeout:
                 self._waiting = 0
                 if self.transport is not None:
                     self.transport.abortConnection()
