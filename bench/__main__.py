@@ -58,7 +58,7 @@ PLAIN = "-plain"
 # "-nohistory" runs the same with --history-size 0: continuity off, so that
 # a run shows what keeping the streams costs.
 NOHISTORY = "-nohistory"
-# "-v1": the same server, its load speaking wsglue.v1 (SPEC section 12):
+# "-v1": the same server, its load speaking wsglue.v1 (docs/protocol.md):
 # every held and echo client offers the subprotocol, says hello, and sends
 # and receives JSON envelopes.  "wsglue-v1" against "wsglue-nohistory" is
 # continuity on against off.

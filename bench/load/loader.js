@@ -24,8 +24,8 @@
 //       sockets with prebuilt frames (the default), or `ws` clients.
 //   {"cmd":"exit"}
 //
-// With `v1` every raw connection (held and echo) speaks wsglue.v1 (SPEC
-// section 12): it offers the subprotocol, sends {"t":"hello","client":C}
+// With `v1` every raw connection (held and echo) speaks wsglue.v1 (docs/protocol.md,
+// the protocol): it offers the subprotocol, sends {"t":"hello","client":C}
 // (C unique per connection) and counts as open only once its
 // {"t":"welcome",...} arrived.  Broadcasts then arrive as
 // {"t":"m","s":"b","o":N,"d":TEXT} (the tag is looked for in `d`); the

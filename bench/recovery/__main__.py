@@ -1,5 +1,5 @@
 """
-wsglue's resume (the C{wsglue.v1} subprotocol, SPEC §12) side by side with
+wsglue's resume (the C{wsglue.v1} subprotocol, docs/protocol.md) side by side with
 Socket.IO 4.8's connection state recovery, with one command::
 
     python -m bench.recovery            # the full run (about 4 minutes)
