@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import ROOT, CollectOutput
+from tests.common import ROOT, CollectOutput, onceInCI
 
 SERVERS = [
     "wsglue",
@@ -41,6 +41,7 @@ class BenchSmokeTests(TestCase):
     timeout = 240  # a first run installs the npm dependencies
 
     def setUp(self) -> None:
+        onceInCI()
         # Fail, not skip: CI must notice a machine that cannot run the bench.
         for tool in ("node", "npm", "redis-server"):
             if shutil.which(tool) is None:

@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.cluster_record_handler import readRecord
-from tests.common import connect, cookieValue, freePort, spawnDaemon, waitFor
+from tests.common import connect, cookieValue, freePort, onceInCI, spawnDaemon, waitFor
 from tests.redis_server import startRedis
 from tests.test_cluster import SID_A, SID_B, FakeConnection, ask, askUntil
 from wsglue.cluster.redisurl import parseRedisURL
@@ -51,6 +51,7 @@ class KilledWorkerPresenceTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
+        onceInCI()
         self.redis = yield startRedis(self)
         folder = tempfile.mkdtemp(prefix="wsglue-presence-")
         self.addCleanup(shutil.rmtree, folder, True)

@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT, CollectOutput
+from tests.common import ROOT, CollectOutput, onceInCI
 
 SYSTEMS = ["wsglue", "wsglue-redis", "socketio", "socketio-redis"]
 SCENARIOS = ["a", "b", "c", "d", "e", "f"]
@@ -29,6 +29,7 @@ class RecoverySmokeTests(TestCase):
     timeout = 240  # a first run installs the npm packages (npm ci)
 
     def setUp(self) -> None:
+        onceInCI()
         # Fail, not skip: CI must notice a machine that cannot run it.
         for tool in ("node", "npm", "redis-server"):
             if shutil.which(tool) is None:

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT, CollectOutput
+from tests.common import ROOT, CollectOutput, onceInCI
 
 
 class StormSmokeTests(TestCase):
@@ -28,6 +28,7 @@ class StormSmokeTests(TestCase):
     timeout = 240  # a first run installs the npm dependencies
 
     def setUp(self) -> None:
+        onceInCI()
         # Fail, not skip: CI must notice a machine that cannot run it.
         for tool in ("node", "redis-server"):
             if shutil.which(tool) is None:
