@@ -6,6 +6,7 @@ daemon in a child process.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -503,3 +504,43 @@ def onceInCI() -> None:
 
     if os.environ.get("ONCE_TESTS") == "0":
         raise SkipTest("run once per CI run, in its first trial run (ONCE_TESTS=0)")
+
+
+@inlineCallbacks
+def runBenchSmoke(testCase: Any, module: str) -> Any:
+    """
+    Run C{python -m MODULE --smoke} (a benchmark's tiny run) from the
+    repository in a child process, writing its JSON into a fresh folder; it
+    is stopped with SIGTERM (then SIGKILL after 20 s) if the test ends
+    first, and a benchmark stops what it started on SIGTERM.
+
+    @return: a Deferred firing with C{(status, output, files, result)}: its
+        exit status, its output as text, the files it wrote and the JSON
+        of the one file (C{{}} unless there is exactly one).
+    """
+    output = os.path.abspath(testCase.mktemp())
+    os.makedirs(output)
+    collect = CollectOutput()
+    transport = reactor.spawnProcess(
+        collect,
+        sys.executable,
+        [sys.executable, "-m", module, "--smoke", "--output", output],
+        env=dict(os.environ),
+        path=ROOT,
+    )
+
+    def stop() -> Deferred:
+        if not collect.ended.called:
+            transport.signalProcess("TERM")
+            killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
+            collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
+        return collect.ended
+
+    testCase.addCleanup(stop)
+    status = yield collect.ended
+    files = os.listdir(output)
+    result: Dict[str, Any] = {}
+    if len(files) == 1:
+        with open(os.path.join(output, files[0])) as f:
+            result = json.load(f)
+    return status, collect.output.decode("utf-8", "replace"), files, result

@@ -6,18 +6,17 @@ figure; it never asserts how fast anything was.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import threading
-from typing import Any, Dict, List
+from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.common import ROOT, CollectOutput, onceInCI
+from tests.common import ROOT, CollectOutput, onceInCI, runBenchSmoke
 
 SERVERS = [
     "wsglue",
@@ -53,33 +52,8 @@ class BenchSmokeTests(TestCase):
         Run the smoke bench in a child process; return its exit status, its
         output and the JSON it wrote.
         """
-        output = os.path.abspath(self.mktemp())
-        os.makedirs(output)
-        collect = CollectOutput()
-        transport = reactor.spawnProcess(
-            collect,
-            sys.executable,
-            [sys.executable, "-m", "bench", "--smoke", "--output", output],
-            env=dict(os.environ),
-            path=ROOT,
-        )
-
-        def stop() -> Deferred:
-            # SIGTERM makes the bench stop the servers and loaders it started.
-            if not collect.ended.called:
-                transport.signalProcess("TERM")
-                killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
-                collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
-            return collect.ended
-
-        self.addCleanup(stop)
-        status = yield collect.ended
-        files = os.listdir(output)
-        result: Dict[str, Any] = {}
-        if len(files) == 1:
-            with open(os.path.join(output, files[0])) as f:
-                result = json.load(f)
-        return status, collect.output.decode("utf-8", "replace"), files, result
+        result = yield runBenchSmoke(self, "bench")
+        return result
 
     @inlineCallbacks
     def test_smokeRunWritesEveryFigure(self) -> Any:

@@ -7,17 +7,13 @@ asserts how fast anything was.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import sys
-from typing import Any, Dict
+from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT, CollectOutput, onceInCI
+from tests.common import onceInCI, runBenchSmoke
 
 DAEMONS = ["wsglue", "wsglue-workers2"]
 FIGURES = [
@@ -62,33 +58,9 @@ class IngressSmokeTests(TestCase):
         posted (one by one or in batches) and every stream entry reached its
         client exactly once, with no error answer and no dead entry.
         """
-        output = os.path.abspath(self.mktemp())
-        os.makedirs(output)
-        collect = CollectOutput()
-        transport = reactor.spawnProcess(
-            collect,
-            sys.executable,
-            [sys.executable, "-m", "bench.ingress", "--smoke", "--output", output],
-            env=dict(os.environ),
-            path=ROOT,
-        )
-
-        def stop() -> Deferred:
-            # SIGTERM makes the bench stop the daemons and the driver it started.
-            if not collect.ended.called:
-                transport.signalProcess("TERM")
-                killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
-                collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
-            return collect.ended
-
-        self.addCleanup(stop)
-        status = yield collect.ended
-        out = collect.output.decode("utf-8", "replace")
+        status, out, files, result = yield runBenchSmoke(self, "bench.ingress")
         self.assertEqual(status, 0, out)
-        files = os.listdir(output)
         self.assertEqual(len(files), 1, out)
-        with open(os.path.join(output, files[0])) as f:
-            result: Dict[str, Any] = json.load(f)
         self.assertEqual(list(result["figures"]), DAEMONS)
         for daemon in DAEMONS:
             figures = result["figures"][daemon]

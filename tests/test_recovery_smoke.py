@@ -9,17 +9,13 @@ asserts how fast anything was.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import sys
-from typing import Any, Dict
+from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT, CollectOutput, onceInCI
+from tests.common import onceInCI, runBenchSmoke
 
 SYSTEMS = ["wsglue", "wsglue-redis", "socketio", "socketio-redis"]
 SCENARIOS = ["a", "b", "c", "d", "e", "f"]
@@ -44,33 +40,9 @@ class RecoverySmokeTests(TestCase):
         doubled, except in e (a gap longer than the history: not recovered,
         nothing doubled), and every client ran without an error.
         """
-        output = os.path.abspath(self.mktemp())
-        os.makedirs(output)
-        collect = CollectOutput()
-        transport = reactor.spawnProcess(
-            collect,
-            sys.executable,
-            [sys.executable, "-m", "bench.recovery", "--smoke", "--output", output],
-            env=dict(os.environ),
-            path=ROOT,
-        )
-
-        def stop() -> Deferred:
-            # SIGTERM makes the bench stop every process it started.
-            if not collect.ended.called:
-                transport.signalProcess("TERM")
-                killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
-                collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
-            return collect.ended
-
-        self.addCleanup(stop)
-        status = yield collect.ended
-        out = collect.output.decode("utf-8", "replace")
+        status, out, files, written = yield runBenchSmoke(self, "bench.recovery")
         self.assertEqual(status, 0, out)
-        files = os.listdir(output)
         self.assertEqual(len(files), 1, out)
-        with open(os.path.join(output, files[0])) as f:
-            written: Dict[str, Any] = json.load(f)
         results = written["results"]
         self.assertEqual(sorted(results), sorted(SYSTEMS))
         config = written["config"]

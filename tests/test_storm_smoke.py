@@ -6,17 +6,13 @@ its owed messages, none missing or twice.  It never asserts how fast.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import sys
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.common import ROOT, CollectOutput, onceInCI
+from tests.common import onceInCI, runBenchSmoke
 
 
 class StormSmokeTests(TestCase):
@@ -40,33 +36,9 @@ class StormSmokeTests(TestCase):
         The smoke run exits 0 and writes one JSON file: in every scenario,
         every session recovered and received exactly its owed messages.
         """
-        output = os.path.abspath(self.mktemp())
-        os.makedirs(output)
-        collect = CollectOutput()
-        transport = reactor.spawnProcess(
-            collect,
-            sys.executable,
-            [sys.executable, "-m", "bench.storm", "--smoke", "--output", output],
-            env=dict(os.environ),
-            path=ROOT,
-        )
-
-        def stop() -> Deferred:
-            # SIGTERM makes the bench stop what it started.
-            if not collect.ended.called:
-                transport.signalProcess("TERM")
-                killer = reactor.callLater(20, lambda: collect.ended.called or transport.signalProcess("KILL"))
-                collect.ended.addBoth(lambda r: killer.active() and killer.cancel())
-            return collect.ended
-
-        self.addCleanup(stop)
-        status = yield collect.ended
-        out = collect.output.decode("utf-8", "replace")
+        status, out, files, result = yield runBenchSmoke(self, "bench.storm")
         self.assertEqual(status, 0, out)
-        files = os.listdir(output)
         self.assertEqual(len(files), 1, out)
-        with open(os.path.join(output, files[0])) as f:
-            result = json.load(f)
         runs = result["runs"]
         self.assertEqual([r["scenario"] for r in runs], ["cluster-term", "cluster-kill", "single-drop"])
         for r in runs:
