@@ -1250,12 +1250,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def runMain(name: str, main: Callable[[], int]) -> None:
+    """
+    Exit with what C{main()} returns: 1 with one line naming C{name} when
+    the bench could not run (L{BenchError}), 130 on Ctrl-C.  Every
+    benchmark's entry point (C{python -m bench}, C{bench.recovery},
+    C{bench.storm}, C{bench.ingress}).
+    """
     try:
         sys.exit(main())
     except BenchError as e:
-        sys.stderr.write(f"bench: {e}\n")
+        sys.stderr.write(f"{name}: {e}\n")
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.stderr.write("bench: interrupted\n")
+        sys.stderr.write(f"{name}: interrupted\n")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    runMain("bench", main)

@@ -63,6 +63,7 @@ from bench.__main__ import (
     freePort,
     machine,
     percentile,
+    runMain,
     split,
 )
 
@@ -574,11 +575,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        sys.stderr.write(f"storm: {e}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write("storm: interrupted\n")
-        sys.exit(130)
+    runMain("storm", main)

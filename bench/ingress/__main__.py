@@ -52,6 +52,7 @@ from bench.__main__ import (
     ensureNodeModules,
     freePort,
     machine,
+    runMain,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -478,11 +479,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        sys.stderr.write(f"bench.ingress: {e}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write("bench.ingress: interrupted\n")
-        sys.exit(130)
+    runMain("bench.ingress", main)

@@ -47,7 +47,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from bench.__main__ import ROOT, TWISTD, BenchError, Child, freePort
+from bench.__main__ import ROOT, TWISTD, BenchError, Child, freePort, runMain
 
 PEER = os.path.join(ROOT, "bench", "peers", "socketio")
 SYSTEMS = ("wsglue", "wsglue-redis", "socketio", "socketio-redis")
@@ -402,11 +402,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        sys.stderr.write(f"bench.recovery: {e}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write("bench.recovery: interrupted\n")
-        sys.exit(130)
+    runMain("bench.recovery", main)
